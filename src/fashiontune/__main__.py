@@ -1,0 +1,3 @@
+from fashiontune.cli import main
+
+raise SystemExit(main())

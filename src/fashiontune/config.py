@@ -1,0 +1,118 @@
+"""Typed configs: dataclass defaults <- YAML file <- command-line `key=value` overrides.
+
+Every job declares its config as a dataclass (see the `*Config` classes in each package). OmegaConf
+validates keys and types against it; we turn its exceptions into one `ConfigError` that names the key,
+the offending value and the valid choices, because that is what a user needs to fix a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import hashlib
+import json
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config key, value or file a user must fix; the message says where and how."""
+
+
+def _field_names(schema: Any, dotted: str) -> list[str]:
+    """Valid keys at the node that `dotted` (a full key) points into."""
+    node = schema
+    for part in dotted.split(".")[:-1]:
+        sub = {f.name: f for f in fields(node)} if is_dataclass(node) else {}
+        if part not in sub:
+            return []
+        t = sub[part].type
+        node = t if is_dataclass(t) else getattr(node, part, None)
+        if node is None or not is_dataclass(node):
+            return []
+    return [f.name for f in fields(node)] if is_dataclass(node) else []
+
+
+def _explain(exc: OmegaConfBaseException, schema: type, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or ""
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        valid = _field_names(schema, key) if key else [f.name for f in fields(schema)]
+        leaf = key.split(".")[-1]
+        near = difflib.get_close_matches(leaf, valid, n=1)
+        hint = f" Did you mean '{'.'.join(key.split('.')[:-1] + [near[0]])}'?" if near else ""
+        return ConfigError(
+            f"{source}: unknown config key '{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}."
+        )
+    if isinstance(exc, ValidationError):
+        # OmegaConf's message already lists valid enum values; keep its first line and add the key.
+        first = str(exc).splitlines()[0]
+        return ConfigError(f"{source}: bad value for '{key}': {first}")
+    return ConfigError(f"{source}: {exc}")
+
+
+def load_config(
+    schema: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> T:
+    """Build `schema` from its defaults, then a YAML file, then `key=value` overrides; return the dataclass."""
+    base = OmegaConf.structured(schema)
+    layers: list[tuple[str, DictConfig]] = []
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist: pass an existing YAML file (see configs/).")
+        try:
+            layers.append((str(p), OmegaConf.load(p)))
+        except Exception as e:  # yaml.YAMLError and friends
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"command-line override {bad[0]!r} is not of the form key=value (e.g. train.lr=1e-4).")
+    if overrides:
+        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+    cfg = base
+    for source, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, source) from e
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise _explain(e, schema, "config") from e
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
+
+
+def config_hash(cfg: Any) -> str:
+    """Short stable hash of a resolved config, recorded in results.json."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config into a run/output directory (first thing a job does)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(path)
+    return path
+
+
+def enum_values(e: type[enum.Enum]) -> list[str]:
+    return [m.value for m in e]
