@@ -1,0 +1,161 @@
+"""Full-corpus retrieval metrics (text->image, image->text) and category-to-product precision.
+
+Definitions (all over the WHOLE evaluated corpus, never per batch):
+- Corpus: N items, item i = (image_i, text_i, group_i). Candidates for a text query are all N images, for an
+  image query all N texts. The query's own paired item is a candidate and is relevant.
+- Relevance: candidate j is relevant to query i when group_i == group_j (several views of one product) OR
+  text_i == text_j (identical caption). Empty captions never match each other (only their own group).
+- Ranking: by dot-product similarity of L2-normalised embeddings in fp32, descending; equal scores are broken
+  by the lower candidate index (deterministic, see topk.py).
+- rank_i: 1-based position of the best-ranked relevant candidate. A query is a hit at K when ANY relevant
+  candidate is in its top K, i.e. rank_i <= K. Recall@K = mean(rank_i <= K); MRR = mean(1 / rank_i);
+  mean_rank = mean(rank_i); median_rank = median(rank_i) (numpy median: the mean of the two middle ranks for
+  an even count; open_clip reports floor(median(rank - 1)) + 1).
+- Category-to-product (per label field, per label value v): query = embedding of a label prompt for v
+  (e.g. "a photo of a dress"); candidates = images of the items that HAVE a value for that field (items with
+  the field missing are unknown, not negatives); relevant = items labelled v (for multi-label fields: v in
+  their label set). precision@K = |relevant in top K| / K, MRR = 1 / rank of the first relevant item.
+  Means are over label values with at least one relevant item (macro); values without are counted, not
+  averaged.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fashiontune.eval.topk import RankResult, chunked_rank
+
+DEFAULT_KS = (1, 5, 10, 50)
+
+
+def codes(values: Sequence[str], empty_unique: bool = False) -> np.ndarray:
+    """Integer code per value (equal strings, equal codes). With empty_unique, each empty string gets its own
+    negative code, so that empty captions never count as identical."""
+    table: dict[str, int] = {}
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        if empty_unique and v == "":
+            out[i] = -(i + 1)
+        else:
+            out[i] = table.setdefault(v, len(table))
+    return out
+
+
+def rank_metrics(ranks: np.ndarray | Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """Recall@K, MRR, mean and median rank from 1-based first-relevant ranks (-1 = no relevant: excluded)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    r = r[r > 0]
+    if r.size == 0:
+        return {**{f"R@{k}": float("nan") for k in ks}, "mrr": float("nan"), "mean_rank": float("nan"),
+                "median_rank": float("nan"), "queries": 0}
+    out = {f"R@{k}": float(np.mean(r <= k)) for k in ks}
+    out.update(mrr=float(np.mean(1.0 / r)), mean_rank=float(r.mean()), median_rank=float(np.median(r)),
+               queries=int(r.size))
+    return out
+
+
+class PairRelevance:
+    """relevant(i, j) = group_i == group_j or caption_i == caption_j, built per query chunk (O(chunk x N))."""
+
+    def __init__(self, group_ids: Sequence[str], captions: Sequence[str]):
+        if len(group_ids) != len(captions):
+            raise ValueError(f"{len(group_ids)} group ids but {len(captions)} captions")
+        self.g = torch.from_numpy(codes(group_ids))
+        self.c = torch.from_numpy(codes(captions, empty_unique=True))
+        self._on: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, s: int, e: int, device: torch.device) -> Tensor:
+        if device not in self._on:
+            self._on[device] = (self.g.to(device), self.c.to(device))
+        g, c = self._on[device]
+        return (g[s:e, None] == g[None, :]) | (c[s:e, None] == c[None, :])
+
+
+def retrieval_ranks(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    group_ids: Sequence[str],
+    captions: Sequence[str],
+    k: int = max(DEFAULT_KS),
+    **kw,
+) -> dict[str, RankResult]:
+    """RankResult for "t2i" (text queries over images) and "i2t" (image queries over texts)."""
+    if not (image_emb.shape[0] == text_emb.shape[0] == len(group_ids)):
+        raise ValueError(f"{image_emb.shape[0]} images, {text_emb.shape[0]} texts, {len(group_ids)} group ids")
+    rel = PairRelevance(group_ids, captions)  # symmetric, so one function serves both directions
+    return {
+        "t2i": chunked_rank(text_emb, image_emb, k, rel, **kw),
+        "i2t": chunked_rank(image_emb, text_emb, k, rel, **kw),
+    }
+
+
+def retrieval_metrics(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    group_ids: Sequence[str],
+    captions: Sequence[str],
+    ks: Sequence[int] = DEFAULT_KS,
+    **kw,
+) -> dict[str, dict[str, float]]:
+    res = retrieval_ranks(image_emb, text_emb, group_ids, captions, k=max(ks), **kw)
+    return {d: rank_metrics(r.first_rank, ks) for d, r in res.items()}
+
+
+def category_metrics(
+    prompt_emb: Tensor,
+    image_emb: Tensor,
+    targets: np.ndarray,
+    label_names: Sequence[str],
+    ks: Sequence[int] = DEFAULT_KS,
+    **kw,
+) -> dict:
+    """Category-to-product retrieval for one label field.
+
+    prompt_emb: L x d, one (normalised) prompt embedding per label value; image_emb: N x d.
+    targets: N int class indices (-1 = missing) for a single-label field, or N x L {0,1} for a multi-label one
+    (rows of all zeros = missing). Returns per-label P@K / MRR / support and their macro means.
+    """
+    n_labels = prompt_emb.shape[0]
+    if len(label_names) != n_labels:
+        raise ValueError(f"{n_labels} prompt embeddings but {len(label_names)} label names")
+    t = np.asarray(targets)
+    if t.ndim == 1:
+        labelled = t >= 0
+        multi_hot = np.zeros((t.size, n_labels), dtype=bool)
+        multi_hot[np.flatnonzero(labelled), t[labelled]] = True
+    else:
+        multi_hot = t.astype(bool)
+        labelled = multi_hot.any(1)
+    keep = np.flatnonzero(labelled)
+    rel_t = torch.from_numpy(np.ascontiguousarray(multi_hot[keep].T))  # L x N'
+    cand = image_emb[torch.from_numpy(keep)]
+
+    def relevance(s: int, e: int, device: torch.device) -> Tensor:
+        return rel_t[s:e].to(device)
+
+    kmax = min(max(ks), len(keep)) if len(keep) else 0
+    per_label: dict[str, dict] = {}
+    if kmax == 0:
+        return {"per_label": per_label, "labels_with_items": 0, "labels_without_items": n_labels, "items": 0}
+    res = chunked_rank(prompt_emb, cand, kmax, relevance, **kw)
+    hits = torch.gather(rel_t, 1, res.topk_indices).numpy()  # L x kmax: is the j-th retrieved item relevant
+    support = rel_t.sum(1).numpy()
+    for v, name in enumerate(label_names):
+        row = {"support": int(support[v])}
+        if support[v] > 0:
+            row.update({f"P@{k}": float(hits[v, :k].sum() / k) for k in ks if k <= kmax})
+            row["mrr"] = float(1.0 / res.first_rank[v].item())
+        per_label[name] = row
+    scored = [r for r in per_label.values() if r["support"] > 0]
+    means = {key: float(np.mean([r[key] for r in scored])) for key in scored[0] if key != "support"} if scored else {}
+    return {
+        "mean": means,
+        "per_label": per_label,
+        "labels_with_items": len(scored),
+        "labels_without_items": n_labels - len(scored),
+        "items": int(len(keep)),
+    }
