@@ -1,0 +1,53 @@
+"""What every corpus adapter shares: the Source interface, id rules and the missing-file error."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+from fashiontune.config import ConfigError
+from fashiontune.records import Record, Skip
+
+
+class SourceError(ConfigError):
+    """The input does not look like the corpus the user named; the message says which file and what to get."""
+
+
+class Source:
+    """A corpus adapter: reads metadata only (no image decoding) and yields Records, or Skips for inputs it
+    cannot use, in a deterministic order. Never raises on a bad row; raises SourceError when the input as a
+    whole is not this corpus (a required file is missing)."""
+
+    name: str = ""
+    # file or folder names the input directory must contain -> what the real download should have there
+    required: dict[str, str] = {}
+
+    def check(self, input_dir: Path) -> Path:
+        root = Path(input_dir)
+        if not root.is_dir():
+            raise SourceError(f"{self.name}: input {root} is not a directory. {self.expect()}")
+        for rel, what in self.required.items():
+            if not (root / rel).exists():
+                raise SourceError(f"{self.name}: {root / rel} not found ({what}). {self.expect()}")
+        return root
+
+    def expect(self) -> str:
+        names = ", ".join(self.required)
+        return f"Point --input at the folder of the {self.name} download, which contains: {names}."
+
+    def iter_records(self, input_dir: Path) -> Iterator[Record | Skip]:
+        raise NotImplementedError
+
+
+_BAD = re.compile(r"[./\\]")
+
+
+def safe_id(text: str) -> str:
+    """An id usable as a WebDataset `__key__`: '/' (and '\\') -> '__', '.' -> '_', whitespace trimmed."""
+    return _BAD.sub(lambda m: "_" if m.group() == "." else "__", text.strip())
+
+
+def path_id(rel: str) -> str:
+    """Id of a file from its path relative to the corpus root ('shirt/a.jpg' -> 'shirt__a_jpg')."""
+    return safe_id(rel.replace("\\", "/"))

@@ -1,0 +1,64 @@
+"""Kaggle "Fashion Product Images": styles.csv + images/<id>.jpg.
+
+Read with the csv module, not pandas: pandas turns the literal value "NA" (a real usage value, and one
+real product name) into a missing value. The file is unquoted, so product names with commas split into
+extra fields; they are joined back into productDisplayName.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterator
+
+from fashiontune.records import Record, Skip
+
+from .base import Source, SourceError
+
+HEADER = ["id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year", "usage",
+          "productDisplayName"]
+LABEL_FIELDS = HEADER[1:9]
+
+
+class KaglSource(Source):
+    name = "kagl"
+    required = {"styles.csv": "the product table with header " + ",".join(HEADER),
+                "images": "the folder of <id>.jpg product images"}
+
+    def iter_records(self, input_dir: Path) -> Iterator[Record | Skip]:
+        root = self.check(input_dir)
+        path = root / "styles.csv"
+        seen: set[str] = set()
+        with open(path, encoding="utf-8-sig", newline="", errors="replace") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header[:10]] != HEADER:
+                raise SourceError(
+                    f"kagl: {path} line 1: header is {','.join(header or [])!r}, expected {','.join(HEADER)!r}. "
+                    "Is this the styles.csv of the Kaggle 'Fashion Product Images' dataset?"
+                )
+            for row in reader:
+                line = reader.line_num
+                where = f"{path}:{line}"
+                if not row or all(not c.strip() for c in row):
+                    continue  # blank line (e.g. at the end)
+                item = row[0].strip()
+                if len(row) < len(HEADER):
+                    yield Skip(item or f"line{line}", where,
+                               f"unparsable_row: {len(row)} fields, expected {len(HEADER)}")
+                    continue
+                if not item.isdigit():
+                    yield Skip(f"line{line}", where, f"unparsable_row: id {item!r} is not an integer")
+                    continue
+                if item in seen:
+                    yield Skip(f"{item}_line{line}", where, f"duplicate_id: id {item} already listed earlier")
+                    continue
+                seen.add(item)
+                # more than 10 fields: the name contained unquoted commas
+                name = ",".join(row[9:])
+                labels = {k: v.strip() for k, v in zip(LABEL_FIELDS, row[1:9]) if v.strip()}
+                meta: dict[str, object] = {"productDisplayName": name, "line": line}
+                if len(row) > len(HEADER):
+                    meta["repaired"] = "comma_in_name"
+                yield Record(id=item, group_id=item, image_path=root / "images" / f"{item}.jpg",
+                             text=" ".join(name.split()), labels=labels, meta=meta)
