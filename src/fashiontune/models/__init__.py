@@ -1,0 +1,33 @@
+"""Models: open_clip CLIP models (any name/tag, local checkpoints, shipped tiny configs) and timm backbones."""
+
+from .config import Backbone, ModelConfig
+from .export import OPEN_CLIP_WEIGHTS, TIMM_WEIGHTS, export_model, load_heads, save_heads
+from .loading import (
+    MODEL_CONFIG_DIR,
+    TINY_MODELS,
+    LoadedModel,
+    ModelLoadError,
+    load_clip,
+    load_model,
+    register_model_configs,
+)
+from .towers import StageFreezer, image_stages
+
+__all__ = [
+    "Backbone",
+    "ModelConfig",
+    "LoadedModel",
+    "ModelLoadError",
+    "load_clip",
+    "load_model",
+    "register_model_configs",
+    "MODEL_CONFIG_DIR",
+    "TINY_MODELS",
+    "export_model",
+    "save_heads",
+    "load_heads",
+    "OPEN_CLIP_WEIGHTS",
+    "TIMM_WEIGHTS",
+    "StageFreezer",
+    "image_stages",
+]
