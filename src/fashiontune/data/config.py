@@ -1,0 +1,59 @@
+"""DataConfig: how the training/validation streams are read from a shard directory."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from fashiontune.config import ConfigError
+
+
+class EpochMode(str, enum.Enum):
+    # exact: every sample of the split once per epoch across all ranks x workers (split at sample level).
+    exact = "exact"
+    # resampled: shards drawn with replacement; a fixed number of batches per rank per epoch (multi-node).
+    resampled = "resampled"
+
+
+@dataclass
+class DataConfig:
+    shards: str = "shards/synthetic"  # directory holding manifest.json (+ train/ val/ test/ shards)
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 32  # per rank (micro-batch); the global batch is batch_size x world_size x accumulation
+    val_batch_size: int = 0  # 0 = batch_size
+    workers: int = 2  # DataLoader worker processes per rank (0 = read in the training process)
+    prefetch_factor: int = 2
+    pin_memory: bool = False
+    epoch_mode: EpochMode = EpochMode.exact  # validation always reads exactly, unshuffled
+    samples_per_epoch: int = 0  # resampled: samples per epoch over ALL ranks (0 = the split's count)
+    shuffle_buffer: int = 1000  # per worker, holds still-encoded samples (so it is cheap)
+    shuffle_shards: bool = True
+    seed: int = 0
+    drop_last: bool = False  # drop each worker's partial last batch (exact mode; resampled batches are full)
+    even_batches: bool = True  # exact mode: pad short ranks so every rank yields len(loader) batches (DDP)
+    label_fields: list[str] = field(default_factory=list)  # [] = every field of the manifest (or the task's)
+    balance_field: str = ""  # "" = off; else a label field to class-balance (needs epoch_mode=resampled)
+    balance_power: float = 1.0  # acceptance ~ freq^-power: 1 = uniform classes, 0.5 = sqrt-balanced
+
+    def validate(self, source: str = "data config") -> "DataConfig":
+        """Cross-field checks the type system cannot do; raise ConfigError naming the key and the fix."""
+        if self.batch_size < 1:
+            raise ConfigError(f"{source}: data.batch_size={self.batch_size} must be >= 1.")
+        if self.val_batch_size < 0:
+            raise ConfigError(f"{source}: data.val_batch_size={self.val_batch_size} must be >= 0 (0 = batch_size).")
+        if self.workers < 0:
+            raise ConfigError(f"{source}: data.workers={self.workers} must be >= 0.")
+        if self.samples_per_epoch < 0:
+            raise ConfigError(f"{source}: data.samples_per_epoch={self.samples_per_epoch} must be >= 0.")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"{source}: data.shuffle_buffer={self.shuffle_buffer} must be >= 0 (0/1 = off).")
+        if self.balance_field and self.epoch_mode != EpochMode.resampled:
+            raise ConfigError(
+                f"{source}: data.balance_field={self.balance_field!r} needs data.epoch_mode=resampled "
+                "(balanced sampling drops and repeats samples, so an exact epoch is impossible); "
+                "set data.epoch_mode=resampled or data.balance_field=''."
+            )
+        if self.balance_power < 0:
+            raise ConfigError(f"{source}: data.balance_power={self.balance_power} must be >= 0.")
+        return self

@@ -1,0 +1,186 @@
+"""`make_loader`: one rank's DataLoader over a shard split, with exact or resampled epochs and a resumable position.
+
+The loader splits data itself (rank/world_size passed in, workers from the config): do NOT hand it to
+`accelerator.prepare` (that would shard it a second time); move batches to the device in the loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from fashiontune.data.balance import ClassBalancer
+from fashiontune.data.config import DataConfig, EpochMode
+from fashiontune.data.labels import build_encoders
+from fashiontune.data.manifest import ManifestError, read_manifest, split_shards
+from fashiontune.data.plan import exact_worker_batches, resampled_worker_batches, round_robin_position
+from fashiontune.data.stream import Collator, ShardStream, iter_tar
+
+
+class ShardLoader:
+    """Iterate for one epoch; `len()` batches on every rank (when even_batches); resumable via state_dict."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        *,
+        split: str,
+        train: bool,
+        transform: Callable,
+        tokenizer: Callable | None = None,
+        fields: Sequence[str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        manifest: dict | None = None,
+    ) -> None:
+        cfg.validate()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.cfg, self.split, self.train, self.rank, self.world_size = cfg, split, train, rank, world_size
+        self.manifest = manifest if manifest is not None else read_manifest(cfg.shards)
+        self.shards = split_shards(self.manifest, split, cfg.shards)
+        self.total = sum(s.count for s in self.shards)
+        if self.total == 0:
+            raise ManifestError(f"{Path(cfg.shards) / 'manifest.json'}: split {split!r} has no samples.")
+        # Validation is always an exact, unshuffled pass with every sample kept.
+        self.mode = cfg.epoch_mode if train else EpochMode.exact
+        self.batch_size = cfg.batch_size if train else (cfg.val_batch_size or cfg.batch_size)
+        self.workers = max(cfg.workers, 1)  # logical workers: num_workers=0 reads as one worker in-process
+        self.encoders = build_encoders(self.manifest, fields or cfg.label_fields)
+        self.collate = Collator(transform, self.encoders, tokenizer)
+        self.balancer = (
+            ClassBalancer(self.manifest, cfg.balance_field, split, cfg.balance_power)
+            if train and cfg.balance_field else None
+        )
+        if self.mode == EpochMode.exact:
+            per_worker = exact_worker_batches(self.total, world_size, self.workers, self.batch_size, cfg.drop_last and train)
+            self.worker_batches = per_worker[rank]
+            self.rank_batches = [sum(r) for r in per_worker]
+        else:
+            self.worker_batches = resampled_worker_batches(
+                cfg.samples_per_epoch or self.total, world_size, self.workers, self.batch_size
+            )
+            self.rank_batches = [sum(self.worker_batches)] * world_size
+        # Uneven exact epochs: pad short ranks with batches marked valid=False so all ranks step together.
+        self.num_batches = max(self.rank_batches) if cfg.even_batches else self.rank_batches[rank]
+        self.epoch, self._skip, self._consumed = 0, 0, 0
+        self._pad: dict | None = None
+
+    # -- position -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next iteration reads; a position loaded for this same epoch is kept."""
+        if epoch != self.epoch:
+            self.epoch, self._skip = epoch, 0
+
+    def _plan_key(self) -> dict:
+        return {"split": self.split, "mode": self.mode.value, "world_size": self.world_size, "workers": self.workers,
+                "batch_size": self.batch_size, "seed": self.cfg.seed, "samples": self.total}
+
+    def state_dict(self) -> dict:
+        """{"epoch", "batches"}: batches of this epoch already yielded (== len(self) when the epoch is done)."""
+        return {"epoch": self.epoch, "batches": self._consumed, "plan": self._plan_key()}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Resume: the next iteration of epoch state["epoch"] starts after state["batches"] batches."""
+        if state.get("plan", self._plan_key()) != self._plan_key():
+            if strict:
+                raise ValueError(
+                    f"data position was saved for {state['plan']} but this loader is {self._plan_key()}; the same "
+                    "batch sequence cannot be reproduced. Resume with the same data config and world size, or "
+                    "pass strict=False to restart the saved epoch from its beginning."
+                )
+            self.epoch, self._skip = int(state["epoch"]), 0
+            return
+        if not 0 <= int(state["batches"]) <= self.num_batches:
+            raise ValueError(f"data position {state} is outside an epoch of {self.num_batches} batches")
+        self.epoch, self._skip = int(state["epoch"]), int(state["batches"])
+
+    # -- iteration ------------------------------------------------------------------------------------
+    def _stream(self, skip: int) -> ShardStream:
+        taken, nxt = round_robin_position(self.worker_batches, skip)
+        return ShardStream(
+            shards=self.shards, collate=self.collate, mode=self.mode, batch_size=self.batch_size,
+            rank=self.rank, world_size=self.world_size, workers=self.workers,
+            worker_batches=self.worker_batches, worker_skip=taken, rotation=nxt, epoch=self.epoch,
+            seed=self.cfg.seed, shuffle_buffer=self.cfg.shuffle_buffer if self.train else 0,
+            shuffle_shards=self.cfg.shuffle_shards and self.train, balancer=self.balancer,
+        )
+
+    def padding_batch(self) -> dict:
+        """The first samples of the split (manifest order), marked valid=False: what short ranks repeat."""
+        if self._pad is None:
+            raw = itertools.islice(itertools.chain.from_iterable(iter_tar(s.path) for s in self.shards), self.batch_size)
+            self._pad = self.collate([self.collate.decode(s) for s in raw], valid=False)
+        return self._pad
+
+    def __iter__(self) -> Iterator[dict]:
+        skip, self._skip = self._skip, 0
+        self._consumed = skip
+        real = self.rank_batches[self.rank]
+        if skip < real:
+            workers = self.cfg.workers
+            dl = DataLoader(
+                self._stream(skip), batch_size=None, num_workers=workers, pin_memory=self.cfg.pin_memory,
+                prefetch_factor=self.cfg.prefetch_factor if workers else None, persistent_workers=False,
+            )
+            for batch in dl:
+                self._consumed += 1
+                yield batch
+            if self._consumed != real:  # a silent shortfall would hang DDP at the next collective
+                raise RuntimeError(
+                    f"rank {self.rank} read {self._consumed} batches of split {self.split!r} but planned {real}; "
+                    f"check the shards in {self.cfg.shards} with `fashiontune shards verify`."
+                )
+        for _ in range(self.num_batches - max(real, skip)):
+            self._consumed += 1
+            yield self.padding_batch()
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples this rank yields per epoch (real ones, without padding)."""
+        if self.mode == EpochMode.resampled:
+            return self.rank_batches[self.rank] * self.batch_size
+        per = self.total * (self.rank + 1) // self.world_size - self.total * self.rank // self.world_size
+        return per if not (self.cfg.drop_last and self.train) else self.rank_batches[self.rank] * self.batch_size
+
+
+def make_loader(
+    cfg: DataConfig,
+    split: str | None = None,
+    *,
+    train: bool,
+    transform: Callable,
+    tokenizer: Callable | None = None,
+    fields: Sequence[str] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch: int = 0,
+    skip_batches: int = 0,
+    manifest: dict | None = None,
+) -> ShardLoader:
+    """A loader for `split` (default: cfg.train_split if train else cfg.val_split) positioned at
+    (epoch, skip_batches)."""
+    loader = ShardLoader(
+        cfg, split=split or (cfg.train_split if train else cfg.val_split), train=train, transform=transform,
+        tokenizer=tokenizer, fields=fields, rank=rank, world_size=world_size, manifest=manifest,
+    )
+    loader.load_state_dict({"epoch": epoch, "batches": skip_batches})
+    return loader
+
+
+def to_device(batch: dict, device: torch.device | str, non_blocking: bool = True) -> dict:
+    """Move the tensors of a batch (including the labels dict) to `device`; lists stay as they are."""
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(device, non_blocking=non_blocking)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        return x
+    return move(batch)

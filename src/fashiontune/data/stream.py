@@ -1,0 +1,166 @@
+"""The per-worker sample stream: raw tar samples -> shuffle -> (balance) -> skip -> decode -> batch.
+
+Shuffling, balancing and resume-skipping all happen on still-encoded samples, so a resumed loader reproduces
+the uninterrupted stream exactly while paying only tar reading (not JPEG decoding) for the skipped part.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.filters import shuffle as wds_shuffle
+from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+from fashiontune.data.balance import ClassBalancer
+from fashiontune.data.config import EpochMode
+from fashiontune.data.labels import LabelEncoder
+from fashiontune.data.manifest import ManifestError, ShardInfo
+from fashiontune.data.plan import rng_for, shard_order, slot_range
+
+
+def iter_tar(path) -> Iterator[dict]:
+    """Samples ({__key__, jpg, txt, json} as bytes) of one tar shard, in file order (webdataset readers)."""
+    return group_by_keys(tar_file_expander(url_opener([{"url": str(path)}])))
+
+
+def parse_meta(sample: dict) -> dict:
+    if "_meta" not in sample:
+        raw = sample.get("json")
+        if raw is None:
+            raise ManifestError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} has no .json member.")
+        sample["_meta"] = json.loads(raw)
+    return sample["_meta"]
+
+
+@dataclass
+class Collator:
+    """Decoded samples -> the training batch dict of PLAN.md (plus "caption" strings and a "valid" mask)."""
+
+    transform: Callable[[Image.Image], torch.Tensor]
+    encoders: dict[str, LabelEncoder]
+    tokenizer: Callable[[list[str]], torch.Tensor] | None = None
+
+    def decode(self, sample: dict) -> dict:
+        meta = parse_meta(sample)
+        try:
+            with Image.open(io.BytesIO(sample["jpg"])) as im:
+                image = self.transform(im.convert("RGB"))
+        except KeyError as e:
+            raise ManifestError(f"{sample.get('__url__')}: sample {sample['__key__']!r} has no .jpg member.") from e
+        return {
+            "image": image,
+            "caption": sample.get("txt", b"").decode("utf-8"),
+            "labels": meta.get("labels", {}),
+            "key": sample["__key__"],
+            "group_id": str(meta.get("group_id", sample["__key__"])),
+        }
+
+    def __call__(self, items: Sequence[dict], valid: bool = True) -> dict[str, Any]:
+        captions = [it["caption"] for it in items]
+        batch = {
+            "image": torch.stack([it["image"] for it in items]),
+            "labels": {f: enc.encode([it["labels"].get(f) for it in items]) for f, enc in self.encoders.items()},
+            "key": [it["key"] for it in items],
+            "group_id": [it["group_id"] for it in items],
+            "caption": captions,
+            "valid": torch.full((len(items),), valid, dtype=torch.bool),
+        }
+        if self.tokenizer is not None:
+            batch["text"] = self.tokenizer(captions)
+        return batch
+
+
+@dataclass
+class ShardStream(IterableDataset):
+    """One rank's share of one epoch; each DataLoader worker reads its own slot (see plan.py)."""
+
+    shards: list[ShardInfo]
+    collate: Collator
+    mode: EpochMode
+    batch_size: int
+    rank: int
+    world_size: int
+    workers: int  # logical workers per rank (1 when the DataLoader has num_workers=0)
+    worker_batches: list[int]  # batches each logical worker yields this epoch
+    worker_skip: list[int] = field(default_factory=list)  # batches each logical worker skips (resume)
+    rotation: int = 0  # physical worker j plays logical worker (j + rotation) % workers (resume order)
+    epoch: int = 0
+    seed: int = 0
+    shuffle_buffer: int = 0
+    shuffle_shards: bool = False
+    balancer: ClassBalancer | None = None
+
+    def _exact_samples(self, worker: int) -> Iterator[dict]:
+        order = [self.shards[i] for i in shard_order(len(self.shards), self.seed, self.epoch, self.shuffle_shards)]
+        total = sum(s.count for s in order)
+        lo, hi = slot_range(total, self.rank * self.workers + worker, self.world_size * self.workers)
+        start = 0
+        for shard in order:
+            end = start + shard.count
+            if end > lo and start < hi:
+                seen, ok = 0, True
+                for seen, sample in enumerate(iter_tar(shard.path), 1):
+                    if seen > shard.count:
+                        ok = False  # more samples than the manifest says
+                        break
+                    if start + seen - 1 >= hi:
+                        break
+                    if start + seen - 1 >= lo:
+                        yield sample
+                else:
+                    ok = seen == shard.count  # ran off the end: must have held exactly count samples
+                if not ok:
+                    raise ManifestError(
+                        f"{shard.path}: holds a different number of samples than manifest.json says "
+                        f"({shard.count}); the shards changed after the build: rebuild them or run "
+                        "`fashiontune shards verify`."
+                    )
+            start = end
+            if start >= hi:
+                return
+
+    def _resampled_samples(self, worker: int) -> Iterator[dict]:
+        rng = rng_for("resample", self.seed, self.epoch, self.rank, worker)
+        weights = [s.count for s in self.shards]  # a sample, not a shard, is equally likely
+        while True:
+            yield from iter_tar(rng.choices(self.shards, weights)[0].path)
+
+    def _balanced(self, samples: Iterator[dict], worker: int) -> Iterator[dict]:
+        rng = rng_for("balance", self.seed, self.epoch, self.rank, worker)
+        for s in samples:
+            if rng.random() < self.balancer.probability(parse_meta(s).get("labels", {})):
+                yield s
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        physical, n_physical = (info.id, info.num_workers) if info else (0, 1)
+        if n_physical != self.workers:
+            raise RuntimeError(f"ShardStream planned for {self.workers} workers but runs under {n_physical}")
+        worker = (physical + self.rotation) % self.workers
+        n, skip = self.worker_batches[worker], (self.worker_skip[worker] if self.worker_skip else 0)
+        if skip >= n:
+            return
+        raw = self._exact_samples(worker) if self.mode == EpochMode.exact else self._resampled_samples(worker)
+        if self.shuffle_buffer > 1:
+            rng = rng_for("samples", self.seed, self.epoch, self.rank, worker)
+            raw = wds_shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)(iter(raw))
+        if self.balancer is not None:
+            raw = self._balanced(raw, worker)
+        # Exact: the slot's range ends the stream (the last batch may be partial unless dropped: n says so).
+        # Resampled: the stream is endless and n full batches are taken.
+        raw = itertools.islice(raw, skip * self.batch_size, n * self.batch_size)
+        items: list[dict] = []
+        for sample in raw:
+            items.append(self.collate.decode(sample))
+            if len(items) == self.batch_size:
+                yield self.collate(items)
+                items = []
+        if items and self.mode == EpochMode.exact and n * self.batch_size > 0:
+            yield self.collate(items)

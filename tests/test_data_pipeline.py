@@ -1,0 +1,239 @@
+"""The shard pipeline end to end on tiny shards (8 px JPEGs written with webdataset's TarWriter).
+
+Cost on 2 shared cores: the `distributed` tests start real DataLoader worker processes (~1-2 s each);
+everything here together stays well under a minute.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+from torchvision import transforms
+
+from fashiontune.data import DataConfig, EpochMode, make_loader, measure_loader_throughput
+
+TO_TENSOR = transforms.ToTensor()
+
+
+def _jpg(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), ((i * 37) % 256, (i * 11) % 256, 128)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def write_shards(root: Path, shard_counts: list[int], label_of=None, split="train") -> Path:
+    """A shard directory in the documented format (shards/README.md): tars + manifest.json."""
+    label_of = label_of or (lambda i: {"category": ["a", "b", "c"][i % 3]})
+    (root / split).mkdir(parents=True, exist_ok=True)
+    shards, counts, idx = [], collections.Counter(), 0
+    for s, n in enumerate(shard_counts):
+        name = f"{split}/shard-{s:06d}.tar"
+        with wds.TarWriter(str(root / name)) as w:
+            for _ in range(n):
+                labels = label_of(idx)
+                counts.update(v for v in labels.values() if isinstance(v, str))
+                meta = {"id": f"s{idx:04d}", "group_id": f"g{idx // 2}", "split": split, "labels": labels}
+                w.write({"__key__": f"s{idx:04d}", "jpg": _jpg(idx), "txt": f"item {idx}", "json": json.dumps(meta)})
+                idx += 1
+        shards.append({"name": name, "count": n, "bytes": 0, "sha256": ""})
+    vocab = sorted(counts)
+    manifest = {
+        "format": "fashiontune-shards", "builder_version": 1, "source": "test",
+        "splits": {split: {"count": idx, "shards": shards}},
+        "labels": {"category": {"multi": False, "vocab": vocab, "counts": dict(counts),
+                                "split_counts": {split: dict(counts)}}},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("uneven"), [7, 3, 12, 5, 9])  # 36 samples, 5 uneven shards
+
+
+@pytest.fixture(scope="module")
+def few(tmp_path_factory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("few"), [6, 5])  # 11 samples, 2 shards < 2 ranks x 2 workers
+
+
+def cfg(shards: Path, **kw) -> DataConfig:
+    base = dict(shards=str(shards), batch_size=4, workers=0, shuffle_buffer=8, seed=3)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def keys_of(loader, valid_only=True) -> list[str]:
+    out = []
+    for b in loader:
+        out += [k for k, v in zip(b["key"], b["valid"].tolist()) if v or not valid_only]
+    return out
+
+
+def all_ranks(c: DataConfig, world: int, epoch: int = 0, train: bool = True) -> list:
+    loaders = [make_loader(c, train=train, transform=TO_TENSOR, rank=r, world_size=world) for r in range(world)]
+    for ld in loaders:
+        ld.set_epoch(epoch)
+    return loaders
+
+
+def test_batch_follows_the_contract(uneven):
+    import open_clip
+
+    tok = open_clip.get_tokenizer("RN50")
+    ld = make_loader(cfg(uneven), train=True, transform=TO_TENSOR, tokenizer=tok)
+    b = next(iter(ld))
+    assert b["image"].dtype == torch.float32 and b["image"].shape == (4, 3, 8, 8)
+    assert b["text"].dtype == torch.long and b["text"].shape == (4, 77)
+    assert b["labels"]["category"].dtype == torch.long and b["labels"]["category"].shape == (4,)
+    assert len(b["key"]) == len(b["group_id"]) == 4 and b["valid"].all()
+    # labels are the manifest's indices of what the sample's json says
+    for k, y in zip(b["key"], b["labels"]["category"].tolist()):
+        assert ["a", "b", "c"][y] == ["a", "b", "c"][int(k[1:]) % 3]
+    assert b["group_id"][0] == f"g{int(b['key'][0][1:]) // 2}"
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_exact_epoch_in_process(uneven, world):
+    loaders = all_ranks(cfg(uneven), world)
+    seen = [k for ld in loaders for k in keys_of(ld)]
+    assert sorted(seen) == [f"s{i:04d}" for i in range(36)]
+    assert len({len(ld) for ld in loaders}) == 1  # even_batches: every rank steps the same number of times
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("shards_fixture", ["uneven", "few"])
+def test_exact_epoch_two_ranks_two_workers(request, shards_fixture):
+    root = request.getfixturevalue(shards_fixture)
+    n = 36 if shards_fixture == "uneven" else 11
+    for epoch in (0, 1):
+        loaders = all_ranks(cfg(root, workers=2, batch_size=2), 2, epoch)
+        per_rank = [keys_of(ld) for ld in loaders]
+        seen = [k for ks in per_rank for k in ks]
+        assert len(seen) == n and sorted(seen) == [f"s{i:04d}" for i in range(n)]  # each exactly once
+        for ld, ks in zip(loaders, per_rank):
+            assert len(ks) == ld.samples_per_epoch
+            assert sum(1 for _ in ld) == len(ld) == max(ld.rank_batches)  # padded to the same count
+
+
+def test_uneven_ranks_are_padded_with_invalid_batches(few):
+    # 11 samples, 3 ranks, batch 2: ranks hold 3/4/4 samples -> 2/2/2 batches; with batch 4 -> 1/1/1.
+    # 11 samples, 2 ranks x 1 worker, batch 5: 5 / 6 samples -> 1 / 2 batches: rank 0 gets one padding batch.
+    loaders = all_ranks(cfg(few, batch_size=5), 2)
+    assert [ld.rank_batches for ld in loaders][0] == [1, 2]
+    batches = list(loaders[0])
+    assert len(batches) == 2 and batches[0]["valid"].all() and not batches[1]["valid"].any()
+    unpadded = make_loader(cfg(few, batch_size=5, even_batches=False), train=True, transform=TO_TENSOR,
+                           rank=0, world_size=2)
+    assert len(unpadded) == 1 and len(list(unpadded)) == 1
+
+
+def test_drop_last_gives_only_full_batches(uneven):
+    ld = make_loader(cfg(uneven, drop_last=True, batch_size=5), train=True, transform=TO_TENSOR)
+    sizes = [len(b["key"]) for b in ld]
+    assert sizes == [5] * 7 and len(ld) == 7
+
+
+def test_resampled_gives_the_fixed_count(uneven):
+    c = cfg(uneven, epoch_mode=EpochMode.resampled, samples_per_epoch=50, batch_size=4)
+    loaders = all_ranks(c, 2)
+    for ld in loaders:
+        batches = list(ld)
+        assert len(batches) == len(ld) == 7  # ceil(50 / (2 * 4))
+        assert all(len(b["key"]) == 4 for b in batches)
+    assert keys_of(loaders[0]) != keys_of(loaders[1])  # ranks draw differently
+
+
+def test_shuffle_differs_per_epoch_and_repeats_for_a_seed(uneven):
+    def order(seed, epoch):
+        ld = make_loader(cfg(uneven, seed=seed), train=True, transform=TO_TENSOR)
+        ld.set_epoch(epoch)
+        return keys_of(ld)
+
+    e0 = order(3, 0)
+    assert e0 == order(3, 0)
+    assert e0 != order(3, 1) and sorted(e0) == sorted(order(3, 1))
+    assert e0 != order(4, 0)
+    val = make_loader(cfg(uneven, val_split="train"), train=False, transform=TO_TENSOR)
+    assert keys_of(val) == [f"s{i:04d}" for i in range(36)]  # validation: unshuffled manifest order
+
+
+def test_balanced_sampling_evens_out_a_skewed_field(tmp_path):
+    # 80% "a", 15% "b", 5% "c"
+    skew = lambda i: {"category": "a" if i % 20 < 16 else ("b" if i % 20 < 19 else "c")}  # noqa: E731
+    root = write_shards(tmp_path, [100, 100], skew)
+    c = cfg(root, epoch_mode=EpochMode.resampled, samples_per_epoch=600, batch_size=20, shuffle_buffer=50,
+            balance_field="category")
+    ld = make_loader(c, train=True, transform=TO_TENSOR)
+    counts = collections.Counter()
+    for b in ld:
+        counts.update(b["labels"]["category"].tolist())
+    total = sum(counts.values())
+    assert total == 600
+    for cls in range(3):  # uniform would be 200 each; binomial sd ~ 12
+        assert abs(counts[cls] - 200) < 60, counts
+    unbalanced = make_loader(cfg(root, epoch_mode=EpochMode.resampled, samples_per_epoch=600, batch_size=20),
+                             train=True, transform=TO_TENSOR)
+    assert collections.Counter(y for b in unbalanced for y in b["labels"]["category"].tolist())[0] > 400
+
+
+def _resume_check(c: DataConfig, world: int = 1, rank: int = 0, epoch: int = 1) -> None:
+    full = make_loader(c, train=True, transform=TO_TENSOR, rank=rank, world_size=world, epoch=epoch)
+    ref = [b["key"] for b in full]
+    assert full.state_dict()["batches"] == len(full)
+    for k in range(len(ref) + 1):
+        first = make_loader(c, train=True, transform=TO_TENSOR, rank=rank, world_size=world, epoch=epoch)
+        it = iter(first)
+        head = [next(it)["key"] for _ in range(k)]
+        state = first.state_dict()
+        del it
+        again = make_loader(c, train=True, transform=TO_TENSOR, rank=rank, world_size=world)
+        again.load_state_dict(state)
+        again.set_epoch(epoch)  # what the loop does; keeps the loaded position
+        assert head + [b["key"] for b in again] == ref, f"resume after {k} batches"
+
+
+def test_resume_in_process(uneven):
+    _resume_check(cfg(uneven, batch_size=5))
+    _resume_check(cfg(uneven, epoch_mode=EpochMode.resampled, samples_per_epoch=30, batch_size=4), world=2, rank=1)
+
+
+@pytest.mark.distributed
+def test_resume_with_workers(uneven):
+    # 2 workers x uneven batch counts (rank 1 of 2: 18 samples -> 9 + 9, batch 4 -> 3 + 3 batches, partial ends)
+    _resume_check(cfg(uneven, batch_size=4, workers=2, epoch_mode=EpochMode.exact), world=2, rank=1)
+
+
+def test_resume_rejects_another_plan(uneven):
+    ld = make_loader(cfg(uneven), train=True, transform=TO_TENSOR, rank=0, world_size=2)
+    state = {"epoch": 0, "batches": 1, "plan": {**ld.state_dict()["plan"], "world_size": 4}}
+    with pytest.raises(ValueError, match="same data config"):
+        ld.load_state_dict(state)
+    ld.load_state_dict(state, strict=False)
+    assert ld.state_dict()["epoch"] == 0 and len(keys_of(ld)) == ld.samples_per_epoch
+
+
+def test_manifest_count_mismatch_is_an_error(tmp_path):
+    root = write_shards(tmp_path, [4, 4])
+    m = json.loads((root / "manifest.json").read_text())
+    m["splits"]["train"]["shards"][0]["count"] = 5
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(Exception, match="shard-000000.tar.*manifest.json"):
+        keys_of(make_loader(cfg(root, shuffle_shards=False), train=True, transform=TO_TENSOR))
+
+
+def test_missing_split_names_the_choices(uneven):
+    with pytest.raises(ValueError, match="no split 'val'.*train"):
+        make_loader(cfg(uneven), train=False, transform=TO_TENSOR)
+
+
+def test_measure_loader_throughput(uneven):
+    r = measure_loader_throughput(make_loader(cfg(uneven), train=True, transform=TO_TENSOR), warmup_batches=1)
+    assert r["batches"] == 8 and r["samples"] == 32 and r["samples_per_s"] > 0
