@@ -1,0 +1,98 @@
+"""A user's own catalogue as a CSV: one row per image.
+
+--input is either the CSV file itself or a folder containing `items.csv`. Columns (header required):
+  image      required: image path, relative to the CSV's folder or absolute
+  caption    optional text of the item (`text` is accepted as well)
+  id         optional stable item id (default: derived from the image path)
+  group_id   optional product id, so that views of one product share a split (default: the id)
+  <other>    every other column is a label field; a column in which any cell holds '|' is multi-label
+             ("red|blue" -> ["blue", "red"]); an empty cell means the item has no value for that field.
+A malformed row yields a Skip naming the line and the fix; the rest of the file is still read.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Iterator
+
+from fashiontune.records import Record, Skip
+
+from .base import Source, SourceError, path_id, safe_id
+
+DEFAULT_NAME = "items.csv"
+RESERVED = ("image", "caption", "text", "id", "group_id")
+
+
+class CsvSource(Source):
+    name = "csv"
+
+    def locate(self, input_path: Path) -> Path:
+        p = Path(input_path)
+        if p.is_file():
+            return p
+        if p.is_dir():
+            if (p / DEFAULT_NAME).is_file():
+                return p / DEFAULT_NAME
+            raise SourceError(f"csv: {p / DEFAULT_NAME} not found. Pass the CSV file itself as --input, or a folder "
+                              f"containing {DEFAULT_NAME} (header with an `image` column; optional caption, id, "
+                              "group_id; other columns are labels).")
+        raise SourceError(f"csv: {p} does not exist; pass a CSV file or a folder containing {DEFAULT_NAME}.")
+
+    def iter_records(self, input_dir: Path) -> Iterator[Record | Skip]:
+        path = self.locate(input_dir)
+        base = path.parent
+        with open(path, encoding="utf-8-sig", newline="", errors="replace") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            rows = [(reader.line_num, row) for row in reader]
+        if "image" not in header:
+            raise SourceError(f"csv: {path} line 1: no `image` column (header: {','.join(header)!r}). The first line "
+                              "must name the columns, e.g. image,caption,category,colour.")
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup or "" in header:
+            raise SourceError(f"csv: {path} line 1: column names must be non-empty and unique "
+                              f"(duplicated: {', '.join(dup) or 'none'}; empty: {'yes' if '' in header else 'no'}).")
+        col = {h: i for i, h in enumerate(header)}
+        text_col = col.get("caption", col.get("text"))
+        label_cols = [h for h in header if h not in RESERVED]
+        good = [(line, row) for line, row in rows if len(row) == len(header)]
+        multi = {h for h in label_cols if any("|" in row[col[h]] for _, row in good)}
+        seen: set[str] = set()
+        for line, row in rows:
+            where = f"{path}:{line}"
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                yield Skip(f"line{line}", where,
+                           f"unparsable_row: {len(row)} fields but the header has {len(header)}; quote cells that "
+                           'contain commas ("a, b") and check for missing or extra separators')
+                continue
+            image = row[col["image"]].strip()
+            if not image:
+                yield Skip(f"line{line}", where, "unparsable_row: empty `image` cell; give the image path "
+                                                 "(relative to the CSV's folder, or absolute)")
+                continue
+            image_path = Path(image) if os.path.isabs(image) else base / image
+            given = row[col["id"]].strip() if "id" in col else ""
+            rid = safe_id(given) if given else path_id(image.lstrip("/"))
+            if rid in seen:
+                yield Skip(f"{rid}_line{line}", where,
+                           f"duplicate_id: id {rid!r} already used by an earlier row; give each row a unique "
+                           "`id` (or a distinct image path)")
+                continue
+            seen.add(rid)
+            group = row[col["group_id"]].strip() if "group_id" in col else ""
+            labels: dict[str, str | list[str]] = {}
+            for h in label_cols:
+                cell = row[col[h]].strip()
+                if not cell:
+                    continue
+                if h in multi:
+                    labels[h] = sorted({v.strip() for v in cell.split("|") if v.strip()})
+                else:
+                    labels[h] = cell
+            text = " ".join(row[text_col].split()) if text_col is not None else ""
+            yield Record(id=rid, group_id=safe_id(group) if group else rid, image_path=image_path, text=text,
+                         labels=labels, meta={"line": line})
