@@ -56,6 +56,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, P without transparency, LAB...
 
 
+def _reason(e: Exception, default: str) -> str:
+    msg = str(e).lower()
+    return "truncated_image" if "truncated" in msg or "broken data stream" in msg else default
+
+
 def target_size(w: int, h: int, image_size: int) -> tuple[int, int]:
     """Shorter side -> image_size keeping aspect; never upscale."""
     short = min(w, h)
@@ -84,8 +89,8 @@ def load_upright_rgb(path: str, image_size: int) -> tuple[Image.Image, tuple[int
             im = Image.open(f)
         except UnidentifiedImageError:
             raise ImageError("corrupt_image", "not a recognised image file") from None
-        except Exception as e:
-            raise ImageError("corrupt_image", f"{type(e).__name__}: {e}") from None
+        except Exception as e:  # e.g. OSError("Truncated File Read") inside the header
+            raise ImageError(_reason(e, "corrupt_image"), f"{type(e).__name__}: {e}") from None
         try:
             w, h = im.size
             orientation = 1
@@ -97,12 +102,8 @@ def load_upright_rgb(path: str, image_size: int) -> tuple[Image.Image, tuple[int
                 # A square request keeps both sides >= image_size, whatever the orientation.
                 im.draft(im.mode, (image_size, image_size))
             im.load()
-        except OSError as e:
-            msg = str(e)
-            reason = "truncated_image" if "truncated" in msg or "broken data stream" in msg else "undecodable_image"
-            raise ImageError(reason, f"{type(e).__name__}: {msg}") from None
-        except Exception as e:  # DecompressionBombError, SyntaxError from plugins, ...
-            raise ImageError("undecodable_image", f"{type(e).__name__}: {e}") from None
+        except Exception as e:  # OSError, DecompressionBombError, SyntaxError from plugins, ...
+            raise ImageError(_reason(e, "undecodable_image"), f"{type(e).__name__}: {e}") from None
     if im.size[0] < 1 or im.size[1] < 1:
         raise ImageError("undecodable_image", f"empty image {im.size}")
     orig = (h, w) if orientation in _SWAPS else (w, h)

@@ -14,6 +14,7 @@ tests/test_shards_build.py reads our shards back with `webdataset.WebDataset` to
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -118,35 +119,40 @@ def write_shard(
     with open(tmp, "wb") as f:
         hf = _HashingFile(f)
         tw = _SampleTar(hf)
-        for item in shard["items"]:
-            try:
-                enc = encode(item["path"], image_size, quality)
-            except ImageError as e:
-                errors.append({"id": item["id"], "path": item["path"], "reason": e.reason, "detail": e.detail})
-            else:
-                sample = {
-                    "id": item["id"],
-                    "group_id": item["group_id"],
-                    "split": item["split"],
-                    "labels": item["labels"],
-                    "meta": item["meta"],
-                    "orig_size": list(enc.orig_size),
-                }
-                tw.write(
-                    item["id"],
-                    {
-                        "jpg": enc.jpeg,
-                        "txt": item["text"].encode("utf-8"),
-                        "json": json.dumps(sample, sort_keys=True, ensure_ascii=False).encode("utf-8"),
-                    },
-                )
-                count += 1
-                for field, v in item["labels"].items():
-                    c = labels.setdefault(field, {})
-                    for value in v if isinstance(v, list) else [v]:
-                        c[value] = c.get(value, 0) + 1
-            if progress is not None:
-                progress(1)
+        try:
+            for item in shard["items"]:
+                try:
+                    enc = encode(item["path"], image_size, quality)
+                except ImageError as e:
+                    errors.append({"id": item["id"], "path": item["path"], "reason": e.reason, "detail": e.detail})
+                else:
+                    sample = {
+                        "id": item["id"],
+                        "group_id": item["group_id"],
+                        "split": item["split"],
+                        "labels": item["labels"],
+                        "meta": item["meta"],
+                        "orig_size": list(enc.orig_size),
+                    }
+                    tw.write(
+                        item["id"],
+                        {
+                            "jpg": enc.jpeg,
+                            "txt": item["text"].encode("utf-8"),
+                            "json": json.dumps(sample, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+                        },
+                    )
+                    count += 1
+                    for field, v in item["labels"].items():
+                        c = labels.setdefault(field, {})
+                        for value in v if isinstance(v, list) else [v]:
+                            c[value] = c.get(value, 0) + 1
+                if progress is not None:
+                    progress(1)
+        except BaseException:
+            with contextlib.suppress(Exception):  # finish the temp tar so its stream does not write on GC
+                tw.close()
+            raise
         tw.close()
         f.flush()
         os.fsync(f.fileno())
