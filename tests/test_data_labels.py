@@ -54,7 +54,7 @@ def test_balancer_acceptance_is_inverse_frequency():
 
 
 def test_config_yaml_and_cross_checks(tmp_path):
-    for path in ["configs/data/default.yaml", "configs/data/balanced.yaml"]:
+    for path in ["configs/data/default.yaml", "configs/data/balanced.yaml", "configs/data/multinode.yaml"]:
         cfg = load_config(DataConfig, path).validate(path)
         assert cfg.batch_size >= 1
     bad = tmp_path / "bad.yaml"

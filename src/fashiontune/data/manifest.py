@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class ManifestError(ValueError):
-    """A shard directory or manifest a user must fix; the message names the file and the field."""
+from fashiontune.shards.errors import ManifestError  # one error type for "fix your shard directory"
+from fashiontune.shards.manifest import load_manifest
 
 
 @dataclass(frozen=True)
@@ -18,23 +16,8 @@ class ShardInfo:
 
 
 def read_manifest(shards_dir: str | Path) -> dict:
-    """The manifest of `shards_dir`: via the shard builder's loader when it exists, else the plain JSON."""
-    d = Path(shards_dir)
-    try:  # the builder's loader may validate more (format, version); prefer it when present
-        from fashiontune.shards.manifest import load_manifest
-    except ImportError:
-        load_manifest = None
-    if load_manifest is not None:
-        return load_manifest(d)
-    path = d / "manifest.json"
-    if not path.is_file():
-        raise ManifestError(
-            f"{path} does not exist: point data.shards at a directory built by `fashiontune shards build`."
-        )
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON ({e}); rebuild the shards.") from e
+    """The manifest of `shards_dir` (the shard builder's reader: checks format and builder version)."""
+    return load_manifest(Path(shards_dir))
 
 
 def split_shards(manifest: dict, split: str, shards_dir: str | Path) -> list[ShardInfo]:
