@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Source, SourceError, path_id, safe_id
+from .base import Source, SourceError, SourceSkip, path_id, safe_id, skip
 
 # name -> (module, class)
 SOURCES: dict[str, tuple[str, str]] = {
@@ -22,7 +22,7 @@ SOURCES: dict[str, tuple[str, str]] = {
     "csv": ("fashiontune.sources.csv_items", "CsvSource"),
 }
 
-__all__ = ["SOURCES", "Source", "SourceError", "get_source", "path_id", "safe_id"]
+__all__ = ["SOURCES", "Source", "SourceError", "SourceSkip", "get_source", "path_id", "safe_id", "skip"]
 
 
 def get_source(name: str) -> Source:

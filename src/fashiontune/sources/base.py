@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -40,12 +41,25 @@ class Source:
         raise NotImplementedError
 
 
-_BAD = re.compile(r"[./\\]")
+@dataclass(frozen=True)
+class SourceSkip(Skip):
+    """A Skip with a human-readable `detail` (what is wrong, how to fix it); `reason` stays a short code
+    (unparsable_row, duplicate_id, ...) so the manifest can count errors by reason."""
+
+    detail: str = ""
+
+
+def skip(id: str, path: str, reason: str, detail: str = "") -> SourceSkip:
+    return SourceSkip(id=id, path=path, reason=reason, detail=detail)
+
+
+_SLASH = re.compile(r"[/\\]")
+_OTHER = re.compile(r"[.\s]")
 
 
 def safe_id(text: str) -> str:
-    """An id usable as a WebDataset `__key__`: '/' (and '\\') -> '__', '.' -> '_', whitespace trimmed."""
-    return _BAD.sub(lambda m: "_" if m.group() == "." else "__", text.strip())
+    """An id usable as a WebDataset `__key__`: '/' (and '\\') -> '__', '.' and whitespace -> '_'."""
+    return _OTHER.sub("_", _SLASH.sub("__", text.strip()))
 
 
 def path_id(rel: str) -> str:

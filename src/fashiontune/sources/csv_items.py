@@ -19,7 +19,7 @@ from typing import Iterator
 
 from fashiontune.records import Record, Skip
 
-from .base import Source, SourceError, path_id, safe_id
+from .base import Source, SourceError, path_id, safe_id, skip
 
 DEFAULT_NAME = "items.csv"
 RESERVED = ("image", "caption", "text", "id", "group_id")
@@ -65,22 +65,22 @@ class CsvSource(Source):
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header):
-                yield Skip(f"line{line}", where,
-                           f"unparsable_row: {len(row)} fields but the header has {len(header)}; quote cells that "
-                           'contain commas ("a, b") and check for missing or extra separators')
+                yield skip(f"line{line}", where, "unparsable_row",
+                           f"{len(row)} fields but the header has {len(header)}; quote cells that contain commas "
+                           '("a, b") and check for missing or extra separators')
                 continue
             image = row[col["image"]].strip()
             if not image:
-                yield Skip(f"line{line}", where, "unparsable_row: empty `image` cell; give the image path "
-                                                 "(relative to the CSV's folder, or absolute)")
+                yield skip(f"line{line}", where, "unparsable_row",
+                           "empty `image` cell; give the image path (relative to the CSV's folder, or absolute)")
                 continue
             image_path = Path(image) if os.path.isabs(image) else base / image
             given = row[col["id"]].strip() if "id" in col else ""
             rid = safe_id(given) if given else path_id(image.lstrip("/"))
             if rid in seen:
-                yield Skip(f"{rid}_line{line}", where,
-                           f"duplicate_id: id {rid!r} already used by an earlier row; give each row a unique "
-                           "`id` (or a distinct image path)")
+                yield skip(f"{rid}_line{line}", where, "duplicate_id",
+                           f"id {rid!r} is already used by an earlier row; give each row a unique `id` (or a "
+                           "distinct image path)")
                 continue
             seen.add(rid)
             group = row[col["group_id"]].strip() if "group_id" in col else ""

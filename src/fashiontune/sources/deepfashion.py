@@ -17,7 +17,7 @@ from typing import Iterator
 
 from fashiontune.records import Record, Skip
 
-from .base import Source, SourceError, safe_id
+from .base import Source, SourceError, safe_id, skip
 
 # the official README's codes, field names in the order of shape_anno_all.txt's columns
 SHAPE_FIELDS = ("sleeve_length", "lower_length", "socks", "hat", "glasses", "neckwear", "wrist_wearing", "ring",
@@ -67,9 +67,9 @@ def _read_codes(path: Path, width: int, bad: list[Skip]) -> dict[str, list[int]]
             except ValueError:
                 codes = []
             if len(codes) != width:
-                bad.append(Skip(id=f"{safe_id(path.stem)}_line{lineno}", path=f"{path}:{lineno}",
-                                reason=f"unparsable_row: expected an image name and {width} integer codes, got "
-                                       f"{line.strip()[:200]!r}; the other files' labels of that image are kept"))
+                bad.append(skip(f"{safe_id(path.stem)}_line{lineno}", f"{path}:{lineno}", "unparsable_row",
+                                f"expected an image name and {width} integer codes, got {line.strip()[:200]!r}; "
+                                "the image keeps its labels from the other files"))
                 continue
             out[_stem(parts[0])] = codes
     return out

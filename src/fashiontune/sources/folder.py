@@ -13,7 +13,7 @@ from typing import Iterator
 
 from fashiontune.records import Record, Skip
 
-from .base import Source, SourceError, path_id
+from .base import Source, SourceError, path_id, skip
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -44,17 +44,17 @@ class FolderSource(Source):
             ext = os.path.splitext(rel)[1].lower()
             if "/" not in rel:
                 if ext in IMAGE_EXTS:
-                    yield Skip(path_id(rel), str(root / rel),
-                               "no_class_folder: image directly in the input folder; move it into a <class>/ folder")
+                    yield skip(path_id(rel), str(root / rel), "no_class_folder",
+                               "image directly in the input folder; move it into a <class>/ folder")
                 continue  # README, licence, _synth_quirks.json ... beside the class folders
             if ext not in IMAGE_EXTS:
-                yield Skip(path_id(rel), str(root / rel),
-                           f"unsupported_file: not an image ({', '.join(sorted(IMAGE_EXTS))}); remove it or ignore")
+                yield skip(path_id(rel), str(root / rel), "unsupported_file",
+                           f"not an image ({', '.join(sorted(IMAGE_EXTS))}); remove it, or ignore this line")
                 continue
             label, _, _ = rel.partition("/")
             rid = path_id(rel)
             if rid in seen:  # 'a.jpg' and 'a_jpg' map to one id
-                yield Skip(f"{rid}_dup", str(root / rel), f"duplicate_id: another file already has id {rid}; rename it")
+                yield skip(f"{rid}_dup", str(root / rel), "duplicate_id", f"another file already has id {rid}; rename it")
                 continue
             seen.add(rid)
             yield Record(id=rid, group_id=rid, image_path=root / rel, text="", labels={"label": label},

@@ -20,7 +20,7 @@ import numpy as np
 
 from fashiontune.records import Record, Skip
 
-from .base import Source, SourceError, safe_id
+from .base import Source, SourceError, safe_id, skip
 
 COLUMNS = ("ImageId", "EncodedPixels", "Height", "Width", "ClassId")
 
@@ -80,8 +80,8 @@ class IMaterialistSource(Source):
                     continue
                 where = f"{path}:{line}"
                 if len(row) != len(header):
-                    yield Skip(f"train_csv_line{line}", where,
-                               f"unparsable_row: {len(row)} fields, expected {len(header)} ({','.join(header)})")
+                    yield skip(f"train_csv_line{line}", where, "unparsable_row",
+                               f"{len(row)} fields, expected {len(header)} ({','.join(header)})")
                     continue
                 image_id = row[col["ImageId"]].strip()
                 if image_id.lower().endswith(".jpg"):
@@ -94,8 +94,8 @@ class IMaterialistSource(Source):
                     extra = row[attr_col].strip() if attr_col is not None else ""
                     attr_ids = class_parts[1:] + [int(a) for a in extra.split(",") if a.strip()]
                 except ValueError as e:
-                    yield Skip(f"{safe_id(image_id)}_line{line}" if image_id else f"train_csv_line{line}", where,
-                               f"unparsable_row: {e}; Height/Width must be integers and ClassId 'cat' or "
+                    yield skip(f"{safe_id(image_id)}_line{line}" if image_id else f"train_csv_line{line}", where,
+                               "unparsable_row", f"{e}; Height/Width must be integers and ClassId 'cat' or "
                                "'cat_attr_attr...' (the image keeps its other segments)")
                     continue
                 item = images.setdefault(image_id, {"h": h, "w": w, "cats": set(), "attrs": set(), "n": 0})

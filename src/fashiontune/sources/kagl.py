@@ -13,7 +13,7 @@ from typing import Iterator
 
 from fashiontune.records import Record, Skip
 
-from .base import Source, SourceError
+from .base import Source, SourceError, safe_id, skip
 
 HEADER = ["id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year", "usage",
           "productDisplayName"]
@@ -44,14 +44,14 @@ class KaglSource(Source):
                     continue  # blank line (e.g. at the end)
                 item = row[0].strip()
                 if len(row) < len(HEADER):
-                    yield Skip(item or f"line{line}", where,
-                               f"unparsable_row: {len(row)} fields, expected {len(HEADER)}")
+                    yield skip(safe_id(item) or f"line{line}", where, "unparsable_row",
+                               f"{len(row)} fields, expected {len(HEADER)} ({','.join(HEADER)}); fix or delete the row")
                     continue
                 if not item.isdigit():
-                    yield Skip(f"line{line}", where, f"unparsable_row: id {item!r} is not an integer")
+                    yield skip(f"line{line}", where, "unparsable_row", f"id {item!r} is not an integer product id")
                     continue
                 if item in seen:
-                    yield Skip(f"{item}_line{line}", where, f"duplicate_id: id {item} already listed earlier")
+                    yield skip(f"{item}_line{line}", where, "duplicate_id", f"id {item} is already listed earlier")
                     continue
                 seen.add(item)
                 # more than 10 fields: the name contained unquoted commas

@@ -154,10 +154,11 @@ def generate(out: Path, n: int, seed: int, quirk_rate: float, size: tuple[int, i
         vnames = [f"{stem}-{v}" for v in views]
         products.append((stem, p, vnames))
         names += vnames
-    assigned = quirks.assign(names, imagefile.IMAGE_QUIRKS, quirk_rate, rng)
-    # structural quirks of the real files, present at any quirk_rate
-    no_shape = set(rng.sample(names, max(1, round(0.05 * n)))) if n >= 4 else set()
-    no_caption = set(rng.sample(names, round(0.04 * n)))
+    qrng = quirks.rng_for(seed)
+    # structural quirks of the real files, present at any quirk_rate (drawn first: independent of the rate)
+    no_shape = set(qrng.sample(names, max(1, round(0.05 * n)))) if n >= 4 else set()
+    no_caption = set(qrng.sample(names, round(0.04 * n)))
+    assigned = quirks.assign(names, imagefile.IMAGE_QUIRKS, quirk_rate, qrng)
     structural: dict[str, list[str]] = {}
     shape_lines, fabric_lines, pattern_lines, caps = [], [], [], {}
     (out / "images").mkdir(parents=True, exist_ok=True)

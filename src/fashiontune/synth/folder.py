@@ -33,7 +33,7 @@ def generate(out: Path, n: int, seed: int, quirk_rate: float, size: tuple[int, i
         cls = rng.choices(names, weights=[CLASSES[c][1] for c in names])[0]
         items.append((cls, f"img_{k:06d}"))
     keys = [f"{c}/{s}" for c, s in items]
-    assigned = quirks.assign(keys, ITEM_QUIRKS, quirk_rate, rng)
+    assigned = quirks.assign(keys, ITEM_QUIRKS, quirk_rate, quirks.rng_for(seed))
     log: dict[str, list[str]] = {}
     for cls in names:
         (out / cls).mkdir(parents=True, exist_ok=True)

@@ -153,7 +153,7 @@ def generate(out: Path, n: int, seed: int, quirk_rate: float, size: tuple[int, i
     ids = sorted({f"{rng.getrandbits(128):032x}" for _ in range(n)})
     while len(ids) < n:  # (collisions are astronomically unlikely)
         ids = sorted(set(ids) | {f"{rng.getrandbits(128):032x}"})
-    assigned = quirks.assign(ids, META_QUIRKS + imagefile.IMAGE_QUIRKS, quirk_rate, rng)
+    assigned = quirks.assign(ids, META_QUIRKS + imagefile.IMAGE_QUIRKS, quirk_rate, quirks.rng_for(seed))
     (out / "train").mkdir(parents=True, exist_ok=True)
     rows = ["ImageId,EncodedPixels,Height,Width,ClassId"]
     log: dict[str, list[str]] = {}

@@ -57,7 +57,7 @@ def generate(out: Path, n: int, seed: int, quirk_rate: float, size: tuple[int, i
     rng = random.Random(seed)
     top = max(59000, 3 * n)
     ids = [str(i) for i in rng.sample(range(1000, 1000 + top), n)]
-    assigned = quirks.assign(ids, META_QUIRKS + imagefile.IMAGE_QUIRKS, quirk_rate, rng)
+    assigned = quirks.assign(ids, META_QUIRKS + imagefile.IMAGE_QUIRKS, quirk_rate, quirks.rng_for(seed))
     articles = {a: v[4] for a, v in ARTICLES.items()}
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows, links, log = [HEADER], ["filename,link"], {}
@@ -73,11 +73,12 @@ def generate(out: Path, n: int, seed: int, quirk_rate: float, size: tuple[int, i
         word = PATTERN_WORDS[pattern] if pattern != "solid" or rng.random() < 0.4 else ""
         words = [brand, gender, colour] + ([word] if word else []) + [noun]
         name = " ".join(words)
+        irng = random.Random(f"kagl-{seed}-{item}")  # per item: a quirk changes nothing else
         q = assigned.get(item)
         if q:
             log[item] = [q]
         if q == "comma_in_name":  # e.g. "Roadster Men Navy Blue, Striped Shirt" (unquoted)
-            name = " ".join(words[:3]) + ", " + " ".join(words[3:]) + (", Pack of 2" if rng.random() < 0.5 else "")
+            name = " ".join(words[:3]) + ", " + " ".join(words[3:]) + (", Pack of 2" if int(item) % 2 else "")
         elif q == "double_space":
             name = "  ".join(words[:2]) + " " + " ".join(words[2:])
         elif q == "na_name":
@@ -90,7 +91,6 @@ def generate(out: Path, n: int, seed: int, quirk_rate: float, size: tuple[int, i
         rows.append(",".join([item, gender, master, sub, art, cells["baseColour"], cells["season"], cells["year"],
                               cells["usage"], name]))
         links.append(f"{item}.jpg,http://assets.myntassets.com/v1/images/style/properties/{item}.jpg")
-        irng = random.Random(f"kagl-{seed}-{item}")
         narrow = 0.88 if gender in ("Women", "Girls") else 1.0
         img = draw.product_image(kind, draw.jitter(draw.COLOURS[colour], irng, 10), pattern, size[0], size[1],
                                  irng, narrow)

@@ -18,6 +18,11 @@ from typing import Sequence
 QUIRKS_FILE = "_synth_quirks.json"
 
 
+def rng_for(seed: int) -> random.Random:
+    """The quirk draws' own generator: labels and pixels of unquirked items do not depend on quirk_rate."""
+    return random.Random(f"quirks-{seed}")
+
+
 def assign(ids: Sequence[str], kinds: Sequence[str], rate: float, rng: random.Random) -> dict[str, str]:
     """round(rate * len(ids)) items get one quirk each; kinds are dealt round-robin (in a seeded order) so
     every kind occurs once at least len(kinds) items are quirked."""
