@@ -1,0 +1,166 @@
+"""What every task shares: the Task interface, label fields from the manifest, prompts, gathering, export.
+
+The loop's side of the contract (see /tmp/team/PLAN.md "Training interfaces"):
+- `prepared = accelerator.prepare(task.module)`, then `task.module = prepared`: tasks always run the forward
+  through `self.module` (so DDP hooks fire) and keep the unwrapped module in `self.core`.
+- optimise `[p for p in task.module.parameters() if p.requires_grad]`; AdamW skips params whose grad is None.
+- wrap DDP with `find_unused_parameters=task.find_unused_parameters` (True when a freeze schedule cuts the graph).
+- `step()` already scales each micro-batch loss for accumulation: the loop's `backward` must not divide again
+  (do not give accelerate a gradient_accumulation_steps > 1; use `accelerator.no_sync` for all but the
+  last of the `len(micro_batches)` backward calls).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import open_clip
+import torch
+from torch import Tensor, nn
+
+from ..models import Backbone, LoadedModel
+from .config import FreezeConfig, FreezeMode, PromptConfig, TaskConfig
+
+
+class TaskError(ValueError):
+    """A task config that does not fit the model or the shards; the message names the key and the fix."""
+
+
+@dataclass
+class FieldSpec:
+    name: str
+    vocab: list[str]
+    multi: bool
+    counts: dict[str, int]  # train-split counts when the manifest has them, else all splits
+    n_train: int  # train items (for pos_weight); 0 when unknown
+
+
+def field_spec(manifest: Mapping[str, Any], name: str, key: str = "task.field") -> FieldSpec:
+    labels = manifest.get("labels", {})
+    if name not in labels:
+        raise TaskError(
+            f"{key}='{name}' is not a label field of these shards (source '{manifest.get('source', '?')}'); "
+            f"the manifest has: {', '.join(sorted(labels)) or 'no label fields'}. Set {key} to one of those."
+        )
+    info = labels[name]
+    vocab = [str(v) for v in info["vocab"]]
+    if not vocab:
+        raise TaskError(f"{key}='{name}': the manifest's vocabulary for this field is empty.")
+    counts = info.get("split_counts", {}).get("train") or info.get("counts", {})
+    n_train = int(manifest.get("splits", {}).get("train", {}).get("count", 0))
+    return FieldSpec(name, vocab, bool(info.get("multi", False)), {str(k): int(v) for k, v in counts.items()}, n_train)
+
+
+def expand_templates(cfg: PromptConfig) -> list[Callable[[str], str]]:
+    """Prompt templates as callables: ours ("{label}" or "{}") plus an open_clip template set if named."""
+    out: list[Callable[[str], str]] = [
+        (lambda c, t=t: t.replace("{label}", c).replace("{}", c)) for t in cfg.templates
+    ]
+    if cfg.template_set == "openai":
+        out += list(open_clip.OPENAI_IMAGENET_TEMPLATES)
+    elif cfg.template_set == "simple":
+        out += list(open_clip.SIMPLE_IMAGENET_TEMPLATES)
+    elif cfg.template_set:
+        raise TaskError(f"task.prompts.template_set='{cfg.template_set}': use '', 'openai' or 'simple'.")
+    if not out:
+        raise TaskError("task.prompts.templates is empty and no template_set is named: give at least one template.")
+    return out
+
+
+def label_text(label: str) -> str:
+    return label.replace("_", " ").strip()
+
+
+def require_text_model(loaded: LoadedModel, task: str) -> None:
+    if loaded.backbone != Backbone.open_clip or loaded.tokenizer is None:
+        raise TaskError(
+            f"task.name={task} needs an image-text (open_clip) model, but model.backbone={loaded.backbone.value} "
+            f"('{loaded.name}') has no text tower. Use model.backbone=open_clip, or task.name=classify."
+        )
+
+
+def device_of(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def gather_rows(accelerator: Any, x: Tensor) -> Tensor:
+    """Concatenate `x` (rows) from every rank. Ranks may hold different row counts (a streamed val split
+    need not divide evenly), so we pad to the largest, gather once, and trim; gather_for_metrics assumes a
+    prepared map-style loader and equal shapes, which a WebDataset stream does not give."""
+    if accelerator is None or getattr(accelerator, "num_processes", 1) == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    counts = accelerator.gather(n).tolist()
+    padded = accelerator.pad_across_processes(x.contiguous(), dim=0)
+    full = accelerator.gather(padded)
+    m = max(counts)
+    return torch.cat([full[i * m : i * m + c] for i, c in enumerate(counts)])
+
+
+def gather_objects(accelerator: Any, items: list) -> list:
+    if accelerator is None or getattr(accelerator, "num_processes", 1) == 1:
+        return items
+    from accelerate.utils import gather_object
+
+    return gather_object(items)
+
+
+def trainable_stages(freeze: FreezeConfig, epoch: int, n_stages: int) -> int:
+    """How many of the tower's last stages train in `epoch` under the freeze schedule."""
+    if freeze.mode == FreezeMode.gradual:
+        return epoch * freeze.stages_per_epoch  # epoch 0: heads only
+    if freeze.mode == FreezeMode.freeze_then_unfreeze:
+        return 0 if epoch < freeze.unfreeze_epoch else n_stages
+    return n_stages
+
+
+def merged_model_state(loaded: LoadedModel, module_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The full open_clip/timm state dict with the trained tower(s) from a task module's state dict.
+
+    Task modules hold either the whole CLIP model as `clip.*` or only the image tower as `visual.*`."""
+    full = {k: v for k, v in loaded.model.state_dict().items()}
+    for k, v in module_state.items():
+        if k.startswith("clip."):
+            full[k[len("clip.") :]] = v
+        elif k.startswith("visual."):
+            key = k if loaded.backbone == Backbone.open_clip else k[len("visual.") :]
+            full[key] = v
+    return full
+
+
+class Task:
+    """Base: the attributes and methods the loop relies on. Subclasses fill them in."""
+
+    name: str = ""
+    module: nn.Module  # what the loop prepares (may be replaced by the prepared wrapper)
+    core: nn.Module  # the same module, unwrapped
+    trainable: bool = True
+    fields: list[str]
+    needs_text: bool = False
+    find_unused_parameters: bool = False
+    primary_metric: str = "loss"
+    higher_is_better: bool = True
+    last_eval: dict
+
+    def __init__(self, cfg: TaskConfig, loaded: LoadedModel, rank: int = 0, world_size: int = 1):
+        self.cfg = cfg
+        self.loaded = loaded
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.last_eval = {}
+
+    def step(self, micro_batches: Sequence[dict], backward: Callable[[Tensor], None]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def evaluate(self, batches: Iterable[dict], accelerator: Any = None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def export(self, out_dir: str | Path, state_dict: Optional[Mapping[str, Tensor]] = None) -> None:
+        raise NotImplementedError

@@ -1,0 +1,138 @@
+"""contrastive: CLIP fine-tuning on (image, caption) pairs with open_clip's ClipLoss (symmetric CE).
+
+Across ranks the loss needs an autograd-aware all-gather: ClipLoss(local_loss=True, gather_with_grad=True)
+(accelerator.gather carries no gradient). Gradient accumulation uses open_clip's feature cache: embed every
+micro-batch without grad, then re-embed one micro-batch at a time with grad and score it against the cached
+rest, so the k backward passes add up to the gradient of the one big-batch loss (the negatives of the whole
+accumulated batch are used). The logit scale takes its gradient from the first pass only; open_clip's
+trainer lets every pass add it, which multiplies that gradient by k.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import torch
+from open_clip import ClipLoss
+from torch import Tensor, nn
+
+from ..models import LoadedModel, StageFreezer, export_model, save_heads
+from . import metrics as M
+from .base import Task, device_of, gather_objects, gather_rows, merged_model_state, require_text_model, trainable_stages
+from .config import FreezeMode, TaskConfig
+
+LOG_SCALE_MAX = math.log(100)
+
+
+class ContrastiveModule(nn.Module):
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+        self.freezer = StageFreezer(clip.visual)
+        self.image_locked = False
+
+    @property
+    def image_frozen(self) -> bool:
+        return self.image_locked or self.freezer.tower_frozen
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for m in [self.clip.visual] if self.image_frozen else self.freezer.frozen_modules():
+                m.eval()
+        return self
+
+    def forward(self, image: Tensor, text: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.image_frozen:
+            with torch.no_grad():
+                img = self.clip.encode_image(image, normalize=True)
+        else:
+            img = self.clip.encode_image(image, normalize=True)
+        txt = self.clip.encode_text(text, normalize=True)
+        # clamp as CLIP does (ln 100), here in the forward so the loop needs no post-step hook
+        return img, txt, self.clip.logit_scale.clamp(max=LOG_SCALE_MAX).exp()
+
+
+class ContrastiveTask(Task):
+    name = "contrastive"
+    needs_text = True
+    primary_metric = "mean_R@1"
+
+    def __init__(self, cfg: TaskConfig, loaded: LoadedModel, rank: int = 0, world_size: int = 1):
+        super().__init__(cfg, loaded, rank, world_size)
+        require_text_model(loaded, "contrastive")
+        c = cfg.contrastive
+        self.fields = []
+        self.core = ContrastiveModule(loaded.model)
+        self.module = self.core
+        if c.lock_text:
+            loaded.model.lock_text_tower()
+        if c.lock_image:
+            loaded.model.lock_image_tower()
+            self.core.image_locked = True
+        self.loss = ClipLoss(local_loss=c.local_loss, gather_with_grad=c.gather_with_grad, cache_labels=True,
+                             rank=rank, world_size=world_size)
+        self.eval_loss = ClipLoss()  # per-batch, no collectives: ranks may hold different batch counts
+        self.find_unused_parameters = cfg.freeze.mode in (FreezeMode.gradual, FreezeMode.freeze_then_unfreeze)
+        self.on_epoch_start(0)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.core.freezer.set_trainable(trainable_stages(self.cfg.freeze, epoch, len(self.core.freezer.stages)))
+        self.core.train(self.core.training)
+
+    def step(self, micro_batches: Sequence[dict], backward: Callable[[Tensor], None]) -> dict[str, float]:
+        dev = device_of(self.core)
+        inputs = [(mb["image"].to(dev, non_blocking=True), mb["text"].to(dev, non_blocking=True)) for mb in micro_batches]
+        if len(inputs) == 1:
+            img, txt, scale = self.module(*inputs[0])
+            loss = self.loss(img, txt, scale)
+            backward(loss)
+            return {"loss": float(loss.detach()), "logit_scale": float(scale.detach())}
+        with torch.no_grad():
+            cached = [self.module(i, t)[:2] for i, t in inputs]
+        first = None
+        for j, (i, t) in enumerate(inputs):
+            img_j, txt_j, scale = self.module(i, t)
+            imgs = torch.cat([c[0] for c in cached[:j]] + [img_j] + [c[0] for c in cached[j + 1:]])
+            txts = torch.cat([c[1] for c in cached[:j]] + [txt_j] + [c[1] for c in cached[j + 1:]])
+            loss = self.loss(imgs, txts, scale if j == 0 else scale.detach())
+            backward(loss)
+            if first is None:
+                first = (float(loss.detach()), float(scale.detach()))
+        return {"loss": first[0], "logit_scale": first[1]}
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[dict], accelerator: Any = None) -> dict[str, float]:
+        was_training = self.core.training
+        self.module.eval()
+        dev = device_of(self.core)
+        imgs, txts, groups = [], [], []
+        loss_sum, n = 0.0, 0
+        for b in batches:
+            img, txt, scale = self.module(b["image"].to(dev, non_blocking=True), b["text"].to(dev, non_blocking=True))
+            loss_sum += float(self.eval_loss(img, txt, scale)) * img.shape[0]
+            n += img.shape[0]
+            imgs.append(img.float())
+            txts.append(txt.float())
+            groups += list(b.get("group_id") or b.get("key") or [None] * img.shape[0])
+        self.module.train(was_training)
+        D = self.core.clip.visual.output_dim
+        img = gather_rows(accelerator, torch.cat(imgs) if imgs else torch.zeros(0, D, device=dev)).cpu()
+        txt = gather_rows(accelerator, torch.cat(txts) if txts else torch.zeros(0, D, device=dev)).cpu()
+        stats = gather_rows(accelerator, torch.tensor([[loss_sum, float(n)]], device=dev)).sum(0)
+        groups = gather_objects(accelerator, groups)
+        use_groups = groups if all(g not in (None, "") for g in groups) else None
+        res = M.retrieval(img, txt, use_groups)
+        res["loss"] = float(stats[0] / max(float(stats[1]), 1.0))
+        res["count"] = float(img.shape[0])
+        self.last_eval = {"n": img.shape[0]}
+        return res
+
+    @torch.no_grad()
+    def export(self, out_dir: str | Path, state_dict: Optional[Mapping[str, Tensor]] = None) -> None:
+        state = dict(state_dict) if state_dict is not None else self.core.state_dict()
+        export_model(self.loaded, out_dir, merged_model_state(self.loaded, state))
+        save_heads(out_dir, {}, {"task": "contrastive", "model": self.loaded.name, "backbone": "open_clip", "fields": {}})
