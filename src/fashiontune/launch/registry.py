@@ -1,0 +1,85 @@
+"""The jobs `fashiontune submit` can run: name -> function + config class, imported lazily.
+
+Targets are "module:attribute" strings so that submitting never imports torch on the login node unless
+the job's config class lives there, and so that a job whose code is not in this checkout yet fails with a
+clear message instead of an ImportError deep in a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+
+class JobNotAvailable(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    target: str  # "module:function", called as function(config)
+    config: Optional[str]  # "module:Class" of its config dataclass (None: the argument is a plain path/str)
+    run_dir_key: str  # config attribute naming the run/output directory (requeue records go there)
+    distributed: bool = True  # False: one process per task whatever the cluster config says
+    help: str = ""
+
+    def function(self) -> Callable[[Any], Any]:
+        return _resolve(self.target, self.name)
+
+    def config_class(self) -> type:
+        if self.config is None:
+            raise JobNotAvailable(f"job {self.name!r} takes no config")
+        return _resolve(self.config, self.name)
+
+    def run_dir(self, cfg: Any) -> Path:
+        value = cfg if self.config is None else getattr(cfg, self.run_dir_key, "")
+        if not value:
+            raise JobNotAvailable(
+                f"job {self.name!r}: its config has an empty {self.run_dir_key!r}; set {self.run_dir_key}=DIR"
+            )
+        return Path(str(value))
+
+
+def _resolve(target: str, job: str) -> Any:
+    module, _, attr = target.partition(":")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise JobNotAvailable(f"job {job!r} needs {target}, but {module} cannot be imported: {e}") from e
+    try:
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise JobNotAvailable(f"job {job!r} needs {target}, which this checkout does not define yet") from None
+    return obj
+
+
+JOBS: dict[str, JobSpec] = {}
+
+
+def register(spec: JobSpec) -> JobSpec:
+    JOBS[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> JobSpec:
+    if name not in JOBS:
+        raise JobNotAvailable(f"unknown job {name!r}: choose one of {', '.join(sorted(JOBS))}")
+    return JOBS[name]
+
+
+# The product's three jobs, plus `smoke`: a tiny distributed job that checks ranks, rendezvous and
+# preemption-requeue on a new cluster in seconds (and is what the launch tests run first).
+register(JobSpec("shards", "fashiontune.shards.build:build_shards", "fashiontune.shards.config:ShardBuildConfig",
+                 "out", distributed=False, help="build WebDataset shards as a job array, then merge"))
+register(JobSpec("shards-merge", "fashiontune.shards.build:merge", None, "", distributed=False,
+                 help="write manifest.json once every array task is done"))
+register(JobSpec("train", "fashiontune.train:run_training", "fashiontune.train:TrainConfig", "run_dir",
+                 help="training run (Accelerate / DeepSpeed), one task per GPU"))
+register(JobSpec("eval", "fashiontune.eval:run_eval", "fashiontune.eval:EvalConfig", "out",
+                 help="full-corpus evaluation, one task per GPU"))
+register(JobSpec("smoke", "fashiontune.launch.smoke:run_smoke", "fashiontune.launch.smoke:SmokeConfig", "run_dir",
+                 help="tiny all-reduce job with checkpoints: checks ranks, rendezvous and requeue"))

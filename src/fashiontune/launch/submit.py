@@ -1,0 +1,205 @@
+"""Submit a registered job with a cluster config, wait for it, and explain failures.
+
+    from fashiontune.launch import submit
+    sub = submit.submit("train", train_cfg, cluster)          # one task per GPU on every node
+    results = submit.wait(sub)                                 # per-task results, or JobFailed
+
+`submit("shards", cfg, cluster)` with cfg.num_jobs = N submits a job array of N single-process tasks (one
+contiguous range of shards each), then the merge step: on SLURM a job that depends on the whole array
+(`afterok`, cancelled by SLURM if a task fails), on the local executor a job submitted once all tasks
+succeeded. A failed task is reported with its index and shard range; resubmitting the same command redoes
+only what is missing (the builder skips shards already complete in the output directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import submitit
+
+from fashiontune.config import load_config
+from fashiontune.launch import registry
+from fashiontune.launch.cluster import ClusterConfig, ExecutorKind
+from fashiontune.launch.executor import as_slurm_job, make_executor, sbatch_script
+from fashiontune.launch.runner import JobRunner
+
+
+class JobFailed(RuntimeError):
+    """A submitted job (or one array task) failed; the message holds the remote traceback and log paths."""
+
+
+@dataclass
+class Submission:
+    job: str
+    run_dir: Path
+    cluster: ClusterConfig
+    jobs: list[submitit.Job] = field(default_factory=list)  # one job, or the array's tasks
+    merge: Optional[submitit.Job] = None  # shards array on SLURM: the dependent merge job
+    labels: list[str] = field(default_factory=list)  # per entry of `jobs`, for messages (e.g. shard range)
+    config: Any = None
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [j.job_id for j in self.jobs] + ([self.merge.job_id] if self.merge is not None else [])
+
+    def log_paths(self) -> list[Path]:
+        return [j.paths.stdout.parent for j in self.jobs] + ([self.merge.paths.stdout.parent] if self.merge else [])
+
+    def describe(self) -> str:
+        first = self.jobs[0]
+        where = "locally (submitit local executor)" if self.cluster.executor == ExecutorKind.local else "on SLURM"
+        lines = [f"submitted {self.job} {where}: job {', '.join(self.job_ids)}; "
+                 f"{first.num_tasks} task(s) per job; run dir {self.run_dir}",
+                 f"  logs: {first.paths.stdout}  (and {first.paths.stderr.name}; one pair per task)"]
+        if self.merge is not None:
+            lines.append(f"  merge: job {self.merge.job_id} runs after every array task succeeded")
+        return "\n".join(lines)
+
+
+def load_job_config(job: str, config_path: Optional[str], overrides: Sequence[str]) -> Any:
+    """Build and validate a job's config here, before anything is queued."""
+    spec = registry.get(job)
+    cfg = load_config(spec.config_class(), config_path, overrides)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def job_name(cluster: ClusterConfig, job: str) -> str:
+    return cluster.job_name or f"fashiontune-{job}"
+
+
+def dry_run(job: str, cfg: Any, cluster: ClusterConfig) -> str:
+    """The sbatch script(s) that `submit` would hand to SLURM."""
+    spec = registry.get(job)
+    name = job_name(cluster, job)
+    if job == "shards" and getattr(cfg, "num_jobs", 1) > 1:
+        return (f"# array of {cfg.num_jobs} tasks (one shard range each)\n"
+                + sbatch_script(cluster, name, single_task=True, array_size=cfg.num_jobs)
+                + "\n# then the merge job (submitted with the array's id)\n"
+                + sbatch_script(cluster, name + "-merge", single_task=True, dependency="afterok:<array job id>"))
+    return sbatch_script(cluster, name, single_task=not spec.distributed)
+
+
+def submit(job: str, cfg: Any, cluster: ClusterConfig) -> Submission:
+    spec = registry.get(job)
+    run_dir = spec.run_dir(cfg).absolute()
+    name = job_name(cluster, job)
+    if job == "shards" and getattr(cfg, "num_jobs", 1) > 1:
+        return _submit_shards(cfg, cluster, run_dir, name)
+    ex = make_executor(cluster, name, single_task=not spec.distributed)
+    with submitit.helpers.clean_env():  # a job submitted from inside a job must not inherit its SLURM_*
+        j = as_slurm_job(ex.submit(JobRunner(job, cfg, str(run_dir), cluster.max_requeues)))
+    return Submission(job, run_dir, cluster, [j], labels=[job], config=cfg)
+
+
+def _submit_shards(cfg: Any, cluster: ClusterConfig, run_dir: Path, name: str) -> Submission:
+    n = cfg.num_jobs
+    runners = [JobRunner("shards", dataclasses.replace(cfg, job_index=i), str(run_dir), cluster.max_requeues)
+               for i in range(n)]
+    ex = make_executor(cluster, name, single_task=True)
+    with submitit.helpers.clean_env():
+        with ex.batch():
+            delayed = [ex.submit(r) for r in runners]
+        jobs = [as_slurm_job(j) for j in delayed]
+        sub = Submission("shards", run_dir, cluster, jobs, labels=[f"array task {i} of {n}" for i in range(n)],
+                         config=cfg)
+        if cluster.executor == ExecutorKind.slurm:
+            array_id = jobs[0].job_id.split("_")[0]
+            mex = make_executor(cluster, name + "-merge", single_task=True)
+            extra = dict(mex.parameters.get("additional_parameters", {}), kill_on_invalid_dep="yes")
+            mex.update_parameters(dependency=f"afterok:{array_id}", additional_parameters=extra)
+            sub.merge = as_slurm_job(mex.submit(JobRunner("shards-merge", str(run_dir), str(run_dir),
+                                                          cluster.max_requeues)))
+    return sub
+
+
+def _first_exception(job: submitit.Job) -> Optional[tuple[int, Exception]]:
+    """(task, exception) of a finished job, the root cause first: the task whose error was written earliest
+    (a rank that raised beats the peers that then lost their connection), then tasks with no result at all."""
+    tasks = [job.task(k) for k in range(job.num_tasks)]
+    with_result = sorted((t for t in tasks if t.paths.result_pickle.exists()),
+                         key=lambda t: t.paths.result_pickle.stat().st_mtime)
+    for t in with_result + [t for t in tasks if t not in with_result]:
+        exc = t.exception()
+        if exc is not None:
+            return (t.task_id or 0), exc
+    return None
+
+
+def _shard_range(sub: Submission, index: int) -> str:
+    try:
+        from fashiontune.shards.build import load_plan
+
+        owned = load_plan(sub.run_dir).owned(sub.config.num_jobs, index)
+        return f"shards {owned[0].name} .. {owned[-1].name} ({len(owned)})" if owned else "no shards"
+    except Exception:  # the plan may not exist if the task died before writing it
+        return "shard range unknown (plan not written)"
+
+
+def _failure(sub: Submission, index: int, job: submitit.Job, task: int, exc: Exception) -> str:
+    label = sub.labels[index] if index < len(sub.labels) else sub.job
+    if sub.job == "shards" and len(sub.jobs) > 1:
+        label += f", {_shard_range(sub, index)}"
+    head = f"{sub.job} job {job.job_id} failed ({label}; task {task} of {job.num_tasks})"
+    paths = job.task(task).paths
+    return f"{head}:\n{exc}\nlogs of that task: {paths.stderr}\n                   {paths.stdout}"
+
+
+def wait(sub: Submission, timeout_s: Optional[float] = None, poll_s: float = 1.0,
+         on_progress: Optional[Callable[[str], None]] = None) -> list[Any]:
+    """Block until every job is done; return the per-task results of each job (for a shards array: the
+    merge result last). Raises JobFailed with the remote traceback and log paths of each failed task."""
+    start = time.monotonic()
+    last_note = time.monotonic()
+
+    def _wait(jobs: list[submitit.Job]) -> None:
+        nonlocal last_note
+        while not all(j.done() for j in jobs):
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                ids = ", ".join(j.job_id for j in jobs if not j.done())
+                raise TimeoutError(f"job(s) {ids} not done after {timeout_s:.0f} s (still queued or running; "
+                                   f"logs under {sub.cluster.log_dir})")
+            if on_progress and time.monotonic() - last_note > 30:
+                last_note = time.monotonic()
+                on_progress(", ".join(f"{j.job_id}: {j.state}" for j in jobs))
+            time.sleep(poll_s)
+
+    _wait(sub.jobs)
+    failures = []
+    for i, j in enumerate(sub.jobs):
+        found = _first_exception(j)
+        if found is not None:
+            failures.append(_failure(sub, i, j, *found))
+    if failures:
+        if sub.merge is not None:
+            sub.merge.cancel(check=False)  # SLURM cancels it too (kill-on-invalid-dep); be explicit
+        more = ("\nResubmit the same command to redo only what is missing." if sub.job == "shards" else "")
+        raise JobFailed("\n\n".join(failures) + more)
+    results: list[Any] = [j.results() for j in sub.jobs]
+    if sub.job == "shards" and len(sub.jobs) > 1:
+        merge_job = sub.merge
+        if merge_job is None:  # local executor: the client runs the dependency
+            ex = make_executor(sub.cluster, job_name(sub.cluster, "shards") + "-merge", single_task=True)
+            merge_job = ex.submit(JobRunner("shards-merge", str(sub.run_dir), str(sub.run_dir),
+                                            sub.cluster.max_requeues))
+            sub.merge = merge_job
+        _wait([merge_job])
+        found = _first_exception(merge_job)
+        if found is not None:
+            raise JobFailed(_failure(dataclasses.replace(sub, labels=["merge"], jobs=[merge_job]), 0, merge_job,
+                                     *found))
+        results.append(merge_job.results())
+    return results
+
+
+def main_result(results: list[Any]) -> Any:
+    """Rank 0's result of the last job (the merge for a shards array)."""
+    last = results[-1]
+    return last[0] if isinstance(last, list) and last else last
+
