@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 RGB = tuple[int, int, int]
 Poly = list[tuple[float, float]]
 
-BACKGROUND: RGB = (238, 238, 236)
+BACKGROUND: RGB = (226, 226, 223)
 SKIN: RGB = (224, 180, 150)
 
 # Named colours of the Kaggle `baseColour` column (a modest subset), far apart in RGB so a tiny model can tell them.
@@ -42,7 +42,14 @@ def luminance(c: RGB) -> float:
 
 
 def contrast_of(c: RGB) -> RGB:
-    return (30, 30, 34) if luminance(c) > 140 else (236, 236, 232)
+    return (30, 30, 34) if luminance(c) > 140 else (252, 252, 248)
+
+
+def trim_of(c: RGB) -> RGB:
+    """Collar / lapel colour: a shade of the garment, never close to the background."""
+    if luminance(c) > 110:
+        return tuple(int(v * 0.55) for v in c)  # type: ignore[return-value]
+    return tuple(min(255, v + 90) for v in c)  # type: ignore[return-value]
 
 
 def jitter(c: RGB, rng: random.Random, amount: int = 10) -> RGB:
@@ -320,10 +327,10 @@ def figure(o: Outfit, w: int, h: int, rng: random.Random, view: str = "front") -
         if neck:
             add("neck_skin", neck[0], SKIN, neck[1])
         if o.neckline == "standing":
-            add("collar", [_rect(0.44, 0.13, 0.56, 0.18)], contrast_of(o.upper_colour))
+            add("collar", [_rect(0.44, 0.13, 0.56, 0.18)], trim_of(o.upper_colour))
         elif o.neckline == "lapel":
             add("collar", [[(0.43, 0.17), (0.5, 0.30), (0.47, 0.17)], [(0.57, 0.17), (0.5, 0.30), (0.53, 0.17)]],
-                contrast_of(o.upper_colour))
+                trim_of(o.upper_colour))
     if o.outer:
         otex = tex(o.outer_colour, o.outer_pattern, o.outer_fabric)
         add("outer", [[(0.32, 0.20), (0.42, 0.16), (0.45, 0.16), (0.45, 0.54), (0.32, 0.54)],
@@ -346,7 +353,7 @@ def figure(o: Outfit, w: int, h: int, rng: random.Random, view: str = "front") -
             o.bag_colour)
 
     canvas = np.empty((h, w, 3), np.uint8)
-    canvas[:] = jitter(BACKGROUND, rng, 6)
+    canvas[:] = jitter(BACKGROUND, rng, 4)
     owner = np.full((h, w), -1, np.int16)
     for i, (name, polys, ells, fill) in enumerate(layers):
         m = poly_mask(polys, w, h, ells)
