@@ -1,0 +1,35 @@
+"""Training: one Accelerate loop (single process, DDP or DeepSpeed ZeRO) for every task.
+
+    from fashiontune.train import load_train_config, run_training
+    cfg = load_train_config("configs/tiny-kagl-softmax.yaml", ["loop.max_steps=50"])
+    results = run_training(cfg)        # also writes runs/<name>/{config.yaml, metrics.jsonl, results.json, ...}
+
+Run directory: config.yaml, metrics.jsonl, tb/ (TensorBoard), checkpoints/step_<N>/ (complete.json marks a
+finished save), export/ (best-by-validation, open_clip-loadable + heads), results.json, plots/*.png.
+"""
+
+from fashiontune.train.config import (
+    CheckpointConfig,
+    DistConfig,
+    LogConfig,
+    LoopConfig,
+    OptimConfig,
+    Precision,
+    ScheduleConfig,
+    ScheduleName,
+    Strategy,
+    TrainConfig,
+    load_train_config,
+)
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    from fashiontune.train.loop import run_training as _run  # torch/open_clip are imported only when training
+
+    return _run(cfg)
+
+
+__all__ = [
+    "CheckpointConfig", "DistConfig", "LogConfig", "LoopConfig", "OptimConfig", "Precision", "ScheduleConfig",
+    "ScheduleName", "Strategy", "TrainConfig", "load_train_config", "run_training",
+]

@@ -1,0 +1,140 @@
+"""TrainConfig: one typed config per training run, composed of the model, data and task configs of their
+packages plus the loop's own sections (optimiser, schedule, precision, distribution, checkpoints, logging).
+
+    fashiontune train --config configs/kagl-subcategory-softmax.yaml optim.lr=3e-4 loop.max_steps=200
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from fashiontune.config import ConfigError, load_config
+from fashiontune.data import DataConfig
+from fashiontune.models import ModelConfig
+from fashiontune.tasks.config import TaskConfig
+
+
+class Precision(str, enum.Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast bf16 (CPU and recent GPUs); no loss scaling needed
+    fp16 = "fp16"  # autocast fp16 with a dynamic loss scaler (GPU only)
+
+
+class Strategy(str, enum.Enum):
+    ddp = "ddp"  # plain DDP (or a single process)
+    deepspeed = "deepspeed"  # DeepSpeed ZeRO from `dist.deepspeed_config`
+
+
+class ScheduleName(str, enum.Enum):
+    cosine = "cosine"  # linear warmup, then cosine decay to min_lr_ratio * lr
+    constant = "constant"  # linear warmup, then constant
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+
+
+@dataclass
+class ScheduleConfig:
+    name: ScheduleName = ScheduleName.cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class LoopConfig:
+    epochs: int = 1  # passes over the train split (exact) or of data.samples_per_epoch (resampled)
+    max_steps: int = 0  # optimiser steps for the whole run; 0 = epochs x steps per epoch
+    stop_after_steps: int = 0  # end THIS invocation after this global step (tests, time-boxed jobs); 0 = never
+    grad_accum: int = 1  # micro-batches of data.batch_size per optimiser step
+    precision: Precision = Precision.fp32
+    compile: bool = False  # torch.compile the task module
+    seed: int = 0
+    max_bad_steps: int = 5  # this many non-finite steps in a row abort the run
+    nan_steps: List[int] = field(default_factory=list)  # TEST HOOK: global steps whose first loss is made NaN
+
+
+@dataclass
+class DistConfig:
+    strategy: Strategy = Strategy.ddp
+    # DeepSpeed JSON/YAML (configs/deepspeed/zero{1,2,3}.json); "auto" values are filled from this config.
+    deepspeed_config: str = "configs/deepspeed/zero2.json"
+    find_unused_parameters: Optional[bool] = None  # None = what the task says
+    timeout_s: int = 1800  # collective timeout
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500  # save every N optimiser steps (0 = only at the end); every rank takes part
+    keep_last: int = 2
+    resume: bool = True  # continue from the newest complete checkpoint in the run dir, if any
+    save_final: bool = True  # also save when the run ends (resume of a finished run is then a no-op)
+    export_best: bool = True  # export the best-by-validation model to <run>/export
+    best_metric: str = ""  # "" = the task's primary metric
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 10
+    eval_every_steps: int = 0  # 0 = at the end of every epoch only
+    eval_max_batches: int = 0  # 0 = the whole validation split
+    tensorboard: bool = True
+    progress: bool = True
+    plots: bool = True
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    out_dir: str = "runs"  # the run directory is <out_dir>/<name>
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def validate(self, source: str = "train config") -> "TrainConfig":
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{source}: {msg}")
+
+        need(bool(self.name) and "/" not in self.name, f"name={self.name!r} must be a non-empty directory name.")
+        need(self.loop.grad_accum >= 1, f"loop.grad_accum={self.loop.grad_accum} must be >= 1.")
+        need(self.loop.epochs >= 1 or self.loop.max_steps > 0, "set loop.epochs >= 1 or loop.max_steps > 0.")
+        need(self.loop.max_bad_steps >= 1, f"loop.max_bad_steps={self.loop.max_bad_steps} must be >= 1.")
+        need(self.optim.lr > 0, f"optim.lr={self.optim.lr} must be > 0.")
+        need(self.optim.grad_clip >= 0, f"optim.grad_clip={self.optim.grad_clip} must be >= 0 (0 = off).")
+        need(0 <= self.schedule.min_lr_ratio <= 1, "schedule.min_lr_ratio must be in [0, 1].")
+        need(self.schedule.warmup_steps >= 0, "schedule.warmup_steps must be >= 0.")
+        need(self.checkpoint.keep_last >= 1, f"checkpoint.keep_last={self.checkpoint.keep_last} must be >= 1.")
+        need(self.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0 (0 = only at the end).")
+        need(self.log.every_steps >= 1, "log.every_steps must be >= 1.")
+        if self.dist.strategy == Strategy.deepspeed:
+            need(Path(self.dist.deepspeed_config).is_file(),
+                 f"dist.deepspeed_config={self.dist.deepspeed_config!r} does not exist; pass one of "
+                 "configs/deepspeed/zero1.json, zero2.json, zero3.json (paths relative to where you run).")
+        self.data.validate(source)
+        return self
+
+
+def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults <- YAML experiment file <- `key=value` overrides, validated."""
+    cfg = load_config(TrainConfig, path, overrides)
+    return cfg.validate(str(path) if path else "train config")

@@ -1,0 +1,42 @@
+"""AdamW with open_clip's weight-decay exclusions, and a warmup + cosine schedule as a LambdaLR (so accelerate
+saves and restores it with the checkpoint)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fashiontune.train.config import OptimConfig, ScheduleConfig, ScheduleName
+
+
+def _no_decay(name: str, p: nn.Parameter) -> bool:
+    # Gains, biases, embeddings of scale and the logit temperature are not decayed (as open_clip_train does).
+    return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """All parameters, frozen ones included: freeze schedules flip requires_grad later, and AdamW skips a
+    parameter whose grad is None (no update, no decay)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        (no_decay if _no_decay(name, p) else decay).append(p)
+    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.weight_decay}]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
+    """Multiplier of the base lr at optimiser step `step` (0-based)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.name == ScheduleName.constant:
+        return 1.0
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: ScheduleConfig):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))

@@ -1,0 +1,90 @@
+"""End-of-run report: PNG plots from metrics.jsonl (loss, learning rate, validation metrics) and a confusion
+matrix per single-label field from the task's last evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: cluster nodes and CI have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
+    plt = _plt()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    if train:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        steps = [r["step"] for r in train]
+        axes[0].plot(steps, [r.get("loss") if r.get("loss") is not None else np.nan for r in train], label="train")
+        if val and any(r.get("loss") is not None for r in val):
+            axes[0].plot([r["step"] for r in val], [r.get("loss") if r.get("loss") is not None else np.nan
+                                                    for r in val], "o-", label="val")
+        axes[0].set(xlabel="step", ylabel="loss", title="loss")
+        axes[0].legend()
+        axes[1].plot(steps, [r.get("lr", np.nan) for r in train])
+        axes[1].set(xlabel="step", ylabel="lr", title="learning rate")
+        fig.tight_layout()
+        written.append(out_dir / "loss.png")
+        fig.savefig(written[-1], dpi=80)
+        plt.close(fig)
+    keys = sorted({k for r in val for k, v in r.items()
+                   if isinstance(v, (int, float)) and k not in ("step", "epoch", "loss", "count", "samples")
+                   and not k.endswith("count")})
+    if val and keys:
+        n = len(keys)
+        cols = min(n, 4)
+        rows = (n + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+        for ax, k in zip(axes.flat, keys):
+            ax.plot([r["step"] for r in val], [r.get(k) if r.get(k) is not None else np.nan for r in val], "o-")
+            ax.set(title=k, xlabel="step")
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        fig.tight_layout()
+        written.append(out_dir / "metrics.png")
+        fig.savefig(written[-1], dpi=80)
+        plt.close(fig)
+    return written
+
+
+def plot_confusion(last_eval: dict[str, Any], out_dir: Path, max_classes: int = 60) -> list[Path]:
+    from sklearn.metrics import confusion_matrix
+
+    plt = _plt()
+    written: list[Path] = []
+    for field, ev in (last_eval or {}).items():
+        if not isinstance(ev, dict) or ev.get("multi") or "y_true" not in ev or "vocab" not in ev:
+            continue
+        vocab = list(ev["vocab"])
+        if len(vocab) > max_classes or len(ev["y_true"]) == 0:
+            continue
+        cm = confusion_matrix(np.asarray(ev["y_true"]), np.asarray(ev["y_pred"]), labels=list(range(len(vocab))))
+        size = max(4.0, 0.28 * len(vocab) + 2)
+        fig, ax = plt.subplots(figsize=(size, size))
+        ax.imshow(cm, cmap="Blues")
+        ax.set_xticks(range(len(vocab)), vocab, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(vocab)), vocab, fontsize=7)
+        ax.set(xlabel="predicted", ylabel="true", title=f"confusion: {field}")
+        if len(vocab) <= 15:
+            for i in range(len(vocab)):
+                for j in range(len(vocab)):
+                    if cm[i, j]:
+                        ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7)
+        fig.tight_layout()
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in field)
+        written.append(out_dir / f"confusion_{safe}.png")
+        fig.savefig(written[-1], dpi=80)
+        plt.close(fig)
+    return written
