@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -66,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     except TimeoutError as e:
         print(f"fashiontune submit {args.job}: {e}", file=sys.stderr)
         return 3
-    result = sub_mod.main_result(results)
-    text = json.dumps(result, default=str)
-    print(f"done in {time.monotonic() - t0:.1f} s; result (rank 0): "
-          f"{text if len(text) < 2000 else text[:2000] + ' ...'}")
+    from fashiontune.launch.registry import get
+
+    last = "shards-merge" if args.job == "shards" and len(sub.jobs) > 1 else args.job
+    print(f"done in {time.monotonic() - t0:.1f} s; run dir {sub.run_dir}")
+    print(get(last).summarize(sub_mod.main_result(results)))
     return 0

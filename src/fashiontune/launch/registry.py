@@ -8,6 +8,7 @@ clear message instead of an ImportError deep in a traceback.
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -22,12 +23,22 @@ class JobSpec:
     name: str
     target: str  # "module:function", called as function(config)
     config: Optional[str]  # "module:Class" of its config dataclass (None: the argument is a plain path/str)
-    run_dir_key: str  # config attribute naming the run/output directory (requeue records go there)
+    run_dir_key: str  # config attribute naming the run/output dir (requeue records go there), or "module:function"
     distributed: bool = True  # False: one process per task whatever the cluster config says
     help: str = ""
+    summary: str = ""  # "module:function" turning rank 0's result into a short text for the terminal
 
     def function(self) -> Callable[[Any], Any]:
         return _resolve(self.target, self.name)
+
+    def summarize(self, result: Any) -> str:
+        if self.summary:
+            try:
+                return str(_resolve(self.summary, self.name)(result))
+            except Exception:  # a summary must never hide a successful result
+                pass
+        text = json.dumps(result, default=str)
+        return text if len(text) <= 400 else text[:400] + " ..."
 
     def config_class(self) -> type:
         if self.config is None:
@@ -35,7 +46,12 @@ class JobSpec:
         return _resolve(self.config, self.name)
 
     def run_dir(self, cfg: Any) -> Path:
-        value = cfg if self.config is None else getattr(cfg, self.run_dir_key, "")
+        if self.config is None:
+            value = cfg
+        elif ":" in self.run_dir_key:
+            value = _resolve(self.run_dir_key, self.name)(cfg)
+        else:
+            value = getattr(cfg, self.run_dir_key, "")
         if not value:
             raise JobNotAvailable(
                 f"job {self.name!r}: its config has an empty {self.run_dir_key!r}; set {self.run_dir_key}=DIR"
@@ -74,12 +90,14 @@ def get(name: str) -> JobSpec:
 # The product's three jobs, plus `smoke`: a tiny distributed job that checks ranks, rendezvous and
 # preemption-requeue on a new cluster in seconds (and is what the launch tests run first).
 register(JobSpec("shards", "fashiontune.shards.build:build_shards", "fashiontune.shards.config:ShardBuildConfig",
-                 "out", distributed=False, help="build WebDataset shards as a job array, then merge"))
+                 "out", distributed=False, help="build WebDataset shards as a job array, then merge",
+                 summary="fashiontune.shards.build:summary"))
 register(JobSpec("shards-merge", "fashiontune.shards.build:merge", None, "", distributed=False,
-                 help="write manifest.json once every array task is done"))
-register(JobSpec("train", "fashiontune.train:run_training", "fashiontune.train:TrainConfig", "run_dir",
+                 help="write manifest.json once every array task is done", summary="fashiontune.shards.build:summary"))
+register(JobSpec("train", "fashiontune.train:run_training", "fashiontune.train.config:TrainConfig", "run_dir",
                  help="training run (Accelerate / DeepSpeed), one task per GPU"))
-register(JobSpec("eval", "fashiontune.eval:run_eval", "fashiontune.eval:EvalConfig", "out",
+register(JobSpec("eval", "fashiontune.eval.run:run_eval", "fashiontune.eval.config:EvalConfig",
+                 "fashiontune.eval.run:out_dir",
                  help="full-corpus evaluation, one task per GPU"))
 register(JobSpec("smoke", "fashiontune.launch.smoke:run_smoke", "fashiontune.launch.smoke:SmokeConfig", "run_dir",
                  help="tiny all-reduce job with checkpoints: checks ranks, rendezvous and requeue"))

@@ -146,7 +146,8 @@ def _failure(sub: Submission, index: int, job: submitit.Job, task: int, exc: Exc
     label = sub.labels[index] if index < len(sub.labels) else sub.job
     if sub.job == "shards" and len(sub.jobs) > 1:
         label += f", {_shard_range(sub, index)}"
-    head = f"{sub.job} job {job.job_id} failed ({label}; task {task} of {job.num_tasks})"
+    where = f"; task {task} of {job.num_tasks}" if job.num_tasks > 1 else ""
+    head = f"{sub.job} job {job.job_id} failed ({label}{where})"
     paths = job.task(task).paths
     return f"{head}:\n{exc}\nlogs of that task: {paths.stderr}\n                   {paths.stdout}"
 
