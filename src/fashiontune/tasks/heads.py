@@ -193,7 +193,8 @@ class HeadsTask(Task):
             return None
         pos = torch.tensor([float(s.counts.get(v, 0)) for v in s.vocab])
         n = float(s.n_train) if s.n_train > 0 else float(pos.max())
-        return ((n - pos).clamp(min=1.0) / pos.clamp(min=1.0)).clamp(max=ml.max_pos_weight)
+        # negatives / positives, bounded both ways: rare classes up to max, near-universal ones down to 1/max
+        return ((n - pos).clamp(min=0.0) / pos.clamp(min=1.0)).clamp(1.0 / ml.max_pos_weight, ml.max_pos_weight)
 
     @staticmethod
     def _valid(s: FieldSpec, y: Tensor) -> Tensor:
