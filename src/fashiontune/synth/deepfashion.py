@@ -184,6 +184,8 @@ def generate(out: Path, n: int, seed: int, quirk_rate: float, size: tuple[int, i
             q = assigned.get(name)
             if q:
                 log[name] = [q]
+            if size[0] * size[1] >= draw.GRAIN_PIXELS:
+                img = draw.add_grain(img, irng)
             imagefile.write(img, out / "images" / fname, q, irng, quality)
     (out / "labels" / "shape").mkdir(parents=True, exist_ok=True)
     (out / "labels" / "texture").mkdir(parents=True, exist_ok=True)

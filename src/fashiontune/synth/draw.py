@@ -34,6 +34,7 @@ COLOURS: dict[str, RGB] = {
     "Yellow": (242, 210, 40),
 }
 
+GRAIN_PIXELS = 750 * 1101  # full-size images (and only those) get photo grain
 PATTERNS = ("solid", "striped", "checked", "dotted", "printed", "floral")
 
 
@@ -54,6 +55,14 @@ def trim_of(c: RGB) -> RGB:
 
 def jitter(c: RGB, rng: random.Random, amount: int = 10) -> RGB:
     return tuple(max(0, min(255, v + rng.randint(-amount, amount))) for v in c)  # type: ignore[return-value]
+
+
+def add_grain(img: Image.Image, rng: random.Random, amount: int = 8) -> Image.Image:
+    """Photo-like sensor grain, for full-size images: flat colours would make JPEGs unrealistically small
+    and fast to decode, which would flatter any decoding benchmark."""
+    arr = np.asarray(img, dtype=np.int16)
+    noise = np.random.default_rng(rng.getrandbits(32)).integers(-amount, amount + 1, arr.shape[:2], dtype=np.int16)
+    return Image.fromarray(np.clip(arr + noise[..., None], 0, 255).astype(np.uint8))
 
 
 def _grid(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:

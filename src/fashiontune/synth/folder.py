@@ -49,6 +49,8 @@ def generate(out: Path, n: int, seed: int, quirk_rate: float, size: tuple[int, i
         rel = f"{cls}/{stem}{ext}"
         if q:
             log[item_id(rel)] = [q]
+        if size[0] * size[1] >= draw.GRAIN_PIXELS:
+            img = draw.add_grain(img, irng)
         imagefile.write(img, out / rel, None if q == "upper_case_ext" else q, irng, quality)
     files: dict[str, list[str]] = {}
     if quirk_rate > 0:

@@ -175,6 +175,8 @@ def generate(out: Path, n: int, seed: int, quirk_rate: float, size: tuple[int, i
             rows.append(f"{name},{rle_encode(segs[-1][0])},{h},{w},{irng.choice((46, 47, 52))}")
         elif q == "bad_row":  # a damaged extra row: no ClassId, a non-numeric height
             rows.append(f"{name},{rle_encode(segs[-1][0])},{irng.choice(('', 'n/a'))},{w},")
+        if size[0] * size[1] >= draw.GRAIN_PIXELS:
+            img = draw.add_grain(img, irng)
         imagefile.write(img, out / "train" / f"{image_id}.jpg", q if q in imagefile.IMAGE_QUIRKS else None, irng,
                         quality)
     (out / "train.csv").write_text("\n".join(rows) + "\n")

@@ -94,6 +94,8 @@ def generate(out: Path, n: int, seed: int, quirk_rate: float, size: tuple[int, i
         narrow = 0.88 if gender in ("Women", "Girls") else 1.0
         img = draw.product_image(kind, draw.jitter(draw.COLOURS[colour], irng, 10), pattern, size[0], size[1],
                                  irng, narrow)
+        if size[0] * size[1] >= draw.GRAIN_PIXELS:
+            img = draw.add_grain(img, irng)
         imagefile.write(img, out / "images" / f"{item}.jpg",
                         q if q in imagefile.IMAGE_QUIRKS else None, irng, quality)
     files = {}
