@@ -100,12 +100,14 @@ def test_batch_follows_the_contract(uneven):
     assert b["group_id"][0] == f"g{int(b['key'][0][1:]) // 2}"
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_exact_epoch_in_process(uneven, world):
-    loaders = all_ranks(cfg(uneven), world)
+@pytest.mark.parametrize("name,n,world", [("uneven", 36, 1), ("uneven", 36, 2), ("uneven", 36, 3), ("few", 11, 12)])
+def test_exact_epoch_in_process(request, name, n, world):
+    loaders = all_ranks(cfg(request.getfixturevalue(name)), world)
     seen = [k for ld in loaders for k in keys_of(ld)]
-    assert sorted(seen) == [f"s{i:04d}" for i in range(36)]
+    assert sorted(seen) == [f"s{i:04d}" for i in range(n)]
     assert len({len(ld) for ld in loaders}) == 1  # even_batches: every rank steps the same number of times
+    # more ranks than samples: a rank with nothing to read still steps, on padding only
+    assert all(sum(1 for _ in ld) == len(ld) for ld in loaders)
 
 
 @pytest.mark.distributed
@@ -119,7 +121,7 @@ def test_exact_epoch_two_ranks_two_workers(request, shards_fixture):
         seen = [k for ks in per_rank for k in ks]
         assert len(seen) == n and sorted(seen) == [f"s{i:04d}" for i in range(n)]  # each exactly once
         for ld, ks in zip(loaders, per_rank):
-            assert len(ks) == ld.samples_per_epoch
+            assert len(ks) == ld.rank_samples
             assert sum(1 for _ in ld) == len(ld) == max(ld.rank_batches)  # padded to the same count
 
 
@@ -205,6 +207,10 @@ def test_resume_in_process(uneven):
     _resume_check(cfg(uneven, epoch_mode=EpochMode.resampled, samples_per_epoch=30, batch_size=4), world=2, rank=1)
 
 
+def test_resume_into_padding(few):
+    _resume_check(cfg(few, batch_size=5), world=2, rank=0)  # 1 real batch + 1 padding batch
+
+
 @pytest.mark.distributed
 def test_resume_with_workers(uneven):
     # 2 workers x uneven batch counts (rank 1 of 2: 18 samples -> 9 + 9, batch 4 -> 3 + 3 batches, partial ends)
@@ -217,7 +223,7 @@ def test_resume_rejects_another_plan(uneven):
     with pytest.raises(ValueError, match="same data config"):
         ld.load_state_dict(state)
     ld.load_state_dict(state, strict=False)
-    assert ld.state_dict()["epoch"] == 0 and len(keys_of(ld)) == ld.samples_per_epoch
+    assert ld.state_dict()["epoch"] == 0 and len(keys_of(ld)) == ld.rank_samples
 
 
 def test_manifest_count_mismatch_is_an_error(tmp_path):

@@ -21,7 +21,9 @@ Epochs (`data.epoch_mode`):
              with padding batches whose "valid" mask is all False (the first samples of the split again): eval
              drops them via the mask; training may treat them as ordinary samples (a handful of repeats, as
              accelerate's even_batches does) or scale their loss by 0. `loader.rank_batches` lists real batches
-             per rank. Validation loaders are always exact and unshuffled. Partial last batches exist (one per
+             per rank. A slot reads only the shards its range overlaps; with more slots than shards a
+             shard is shared, and each sharer reads (without decoding) the part before its range: at most
+             about (slots / shards) / 2 times the split's bytes per epoch. Validation loaders are always exact and unshuffled. Partial last batches exist (one per
              worker) unless `drop_last` (then up to batch-1 samples per worker are skipped; all-gathers that
              need equal batch sizes across ranks, e.g. ClipLoss, want drop_last or resampled mode).
   resampled  shards drawn with replacement (weighted by sample count), seeded per (seed, epoch, rank, worker);
@@ -29,7 +31,7 @@ Epochs (`data.epoch_mode`):
              class-balanced sampling (`data.balance_field`, balance.py).
 
 Shuffling: shard order seeded by (seed, epoch), sample buffer per worker seeded by (seed, epoch, rank, worker):
-the same seed gives the same stream, another epoch another order. Call `loader.set_epoch(epoch)` each epoch.
+the same seed (and world size, workers, batch size) gives the same stream; another epoch another order. Call `loader.set_epoch(epoch)` each epoch.
 
 Resume: the position is (epoch, batches of that epoch already yielded).
     state = loader.state_dict()            # save with the checkpoint: {"epoch", "batches", "plan"}

@@ -143,7 +143,7 @@ class ShardLoader:
             yield self.padding_batch()
 
     @property
-    def samples_per_epoch(self) -> int:
+    def rank_samples(self) -> int:
         """Samples this rank yields per epoch (real ones, without padding)."""
         if self.mode == EpochMode.resampled:
             return self.rank_batches[self.rank] * self.batch_size

@@ -1,4 +1,4 @@
-"""The per-worker sample stream: raw tar samples -> shuffle -> (balance) -> skip -> decode -> batch.
+"""The per-worker sample stream: raw tar samples -> (balance) -> shuffle -> skip -> decode -> batch.
 
 Shuffling, balancing and resume-skipping all happen on still-encoded samples, so a resumed loader reproduces
 the uninterrupted stream exactly while paying only tar reading (not JPEG decoding) for the skipped part.
@@ -148,11 +148,11 @@ class ShardStream(IterableDataset):
         if skip >= n:
             return
         raw = self._exact_samples(worker) if self.mode == EpochMode.exact else self._resampled_samples(worker)
+        if self.balancer is not None:  # before the shuffle buffer: rejected samples never occupy it
+            raw = self._balanced(raw, worker)
         if self.shuffle_buffer > 1:
             rng = rng_for("samples", self.seed, self.epoch, self.rank, worker)
             raw = wds_shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)(iter(raw))
-        if self.balancer is not None:
-            raw = self._balanced(raw, worker)
         # Exact: the slot's range ends the stream (the last batch may be partial unless dropped: n says so).
         # Resampled: the stream is endless and n full batches are taken.
         raw = itertools.islice(raw, skip * self.batch_size, n * self.batch_size)
