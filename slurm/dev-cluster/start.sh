@@ -7,7 +7,8 @@
 #
 # Installs slurm-wlm + munge with apt if missing, writes /etc/slurm/slurm.conf from `slurmd -C`,
 # creates a munge key, starts munged, slurmctld and slurmd as plain daemons and waits until `sinfo`
-# shows the node usable. Exits non-zero with the reason when it cannot (not root, no apt, a daemon died).
+# shows the node usable. Exits 3 with the reason when this machine cannot host it (not root, no apt), 1 when
+# something broke (a failed install, a daemon that died: see /var/log/slurm/).
 # Env: DEV_SLURM_PARTITION (default "dev"), DEV_SLURM_MIN_CPUS (default 4: the node advertises at least
 # this many CPUs so that a 2-task job and its dependent merge job can be scheduled on a 1-2 core CI box).
 set -euo pipefail
@@ -21,6 +22,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 t0=$(date +%s)
 
 die() { echo "dev-cluster: $*" >&2; exit 1; }
+cannot() { echo "dev-cluster: cannot start here: $*" >&2; exit 3; }  # 3 = environment, not a bug: tests skip
 say() { echo "dev-cluster: $*"; }
 
 node_ready() {
@@ -32,7 +34,7 @@ node_ready() {
 }
 
 if [[ "$(id -u)" != 0 ]] && node_ready; then say "already up (not root: config left as is)"; exit 0; fi
-[[ "$(id -u)" == 0 ]] || die "must run as root (it installs packages and starts daemons); run: sudo bash $0"
+[[ "$(id -u)" == 0 ]] || cannot "must run as root (it installs packages and starts daemons); run: sudo bash $0"
 
 # --- packages -----------------------------------------------------------------------------------------
 need=()
@@ -40,7 +42,7 @@ for bin in slurmctld:slurmctld slurmd:slurmd sinfo:slurm-client munged:munge; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need+=("${bin##*:}")
 done
 if ((${#need[@]})); then
-  command -v apt-get >/dev/null 2>&1 || die "slurm/munge missing and no apt-get here: install ${need[*]} yourself"
+  command -v apt-get >/dev/null 2>&1 || cannot "slurm/munge missing and no apt-get here: install ${need[*]} yourself"
   say "installing ${need[*]} with apt (quiet)"
   export DEBIAN_FRONTEND=noninteractive
   # No init system in a container: keep package scripts from trying to start the services.

@@ -1,0 +1,166 @@
+"""Cluster configs, the sbatch scripts they produce, bad configs, requeue bookkeeping (pure; ~3 s)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fashiontune.cli import main
+from fashiontune.config import ConfigError
+from fashiontune.launch.cluster import ClusterConfig, ExecutorKind, load_cluster
+from fashiontune.launch.executor import SlurmStateWatcher, sbatch_script
+from fashiontune.launch.runner import JobRunner, RequeueLimitReached, requeue_count
+from fashiontune.launch.smoke import SmokeConfig
+
+REPO = Path(__file__).resolve().parents[1]
+LOGS = "/shared/logs"
+
+
+def _sbatch_flags(script: str) -> list[str]:
+    return [line for line in script.splitlines() if line.startswith("#SBATCH")]
+
+
+def _section(script: str, name: str) -> list[str]:
+    lines = script.splitlines()
+    i = lines.index(f"# {name}")
+    out = []
+    for line in lines[i + 1:]:
+        if not line.strip():
+            break
+        out.append(line)
+    return out
+
+
+def test_a100_1node_sbatch_snapshot():
+    cluster = load_cluster(REPO / "configs/cluster/a100-1node.yaml", [f"log_dir={LOGS}"])
+    script = sbatch_script(cluster, "fashiontune-train")
+    assert _sbatch_flags(script) == [
+        "#SBATCH --constraint=a100",
+        "#SBATCH --cpus-per-task=10",
+        f"#SBATCH --error={LOGS}/%j/%j_0_log.err",
+        "#SBATCH --exclusive",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --job-name=fashiontune-train",
+        "#SBATCH --mem=480GB",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={LOGS}/%j/%j_0_log.out",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=USR2@180",
+        "#SBATCH --time=1440",
+        "#SBATCH --wckey=submitit",
+    ]
+    assert _section(script, "setup") == [
+        "module load cuda/12.4", "source .venv/bin/activate", "export NCCL_ASYNC_ERROR_HANDLING=1"]
+    cmd = _section(script, "command")
+    assert cmd[0] == "export SUBMITIT_EXECUTOR=slurm"
+    # one srun task per GPU, a crashed rank ends the step, the pickled JobRunner runs on every task
+    assert re.fullmatch(rf"srun --unbuffered --output {LOGS}/%j/%j_%t_log.out --error {LOGS}/%j/%j_%t_log.err "
+                        rf"--kill-on-bad-exit=1 \S*python\S* -u -m submitit.core._submit {LOGS}/%j", cmd[1]), cmd[1]
+
+
+def test_a100_4nodes_sbatch_snapshot():
+    cluster = load_cluster(REPO / "configs/cluster/a100-4nodes.yaml", [f"log_dir={LOGS}", "account=proj42",
+                                                                       "qos=high"])
+    flags = _sbatch_flags(sbatch_script(cluster, "fashiontune-train"))
+    for line in ["#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --cpus-per-task=10", "#SBATCH --signal=USR2@300", "#SBATCH --requeue",
+                 "#SBATCH --time=2880", "#SBATCH --account=proj42", "#SBATCH --qos=high",
+                 "#SBATCH --mail-type=END,FAIL", "#SBATCH --exclusive"]:
+        assert line in flags
+    assert cluster.num_tasks == 32
+
+
+def test_shard_array_and_merge_scripts_are_single_process():
+    cluster = load_cluster(REPO / "configs/cluster/a100-1node.yaml", [f"log_dir={LOGS}"])
+    array = _sbatch_flags(sbatch_script(cluster, "fashiontune-shards", single_task=True, array_size=6))
+    assert "#SBATCH --array=0-5%6" in array and "#SBATCH --ntasks-per-node=1" in array
+    assert not any("gpus-per-node" in f for f in array)
+    assert f"#SBATCH --output={LOGS}/%A_%a/%A_%a_0_log.out" in array
+    merge = _sbatch_flags(sbatch_script(cluster, "m", single_task=True, dependency="afterok:77"))
+    assert "#SBATCH --dependency=afterok:77" in merge
+
+
+def test_every_shipped_cluster_config_loads():
+    names = sorted(p.stem for p in (REPO / "configs/cluster").glob("*.yaml"))
+    assert {"local", "slurm-cpu", "a100-1node", "a100-4nodes"} <= set(names)
+    for name in names:
+        cfg = load_cluster(name)  # a bare name resolves to configs/cluster/<name>.yaml
+        assert cfg.num_tasks >= 1
+    assert load_cluster("local").executor == ExecutorKind.local
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["tasks_per_node=4"], r"tasks_per_node=4 but gpus_per_node=8: run one task per GPU \(set tasks_per_node: 8\)"),
+        (["nodes=0"], r"a100-1node.yaml: nodes=0 is invalid: set an integer >= 1"),
+        (["signal_delay_s=3600", "time_min=30"], r"signal_delay_s=3600 is not shorter than time_min=30"),
+        (["mem_gb=-1"], r"mem_gb=-1.0 is invalid"),
+        (["sbatch_extra=[mail-type END]"], r"sbatch_extra line 'mail-type END' is not an sbatch long flag"),
+        (["executor=local", "nodes=2"], r"nodes=2 with executor=local"),
+        (["partiton=gpu"], r"unknown config key 'partiton'. Did you mean 'partition'"),
+        (["executor=pbs"], r"bad value for 'executor'"),
+    ],
+)
+def test_bad_cluster_configs_name_the_file_field_and_fix(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_cluster(REPO / "configs/cluster/a100-1node.yaml", overrides)
+
+
+def test_missing_cluster_file_lists_the_ready_ones():
+    with pytest.raises(ConfigError, match=r"does not exist.*a100-1node, a100-4nodes, local, slurm-cpu"):
+        load_cluster("configs/cluster/nope.yaml")
+
+
+def test_sbatch_extra_flags_reach_the_script():
+    cfg = ClusterConfig(sbatch_extra=["--reservation=demo", "#SBATCH --mail-type=END", "--hint=nomultithread"],
+                        log_dir=LOGS)
+    cfg.validate()
+    flags = _sbatch_flags(sbatch_script(cfg, "x"))
+    assert {"#SBATCH --reservation=demo", "#SBATCH --mail-type=END", "#SBATCH --hint=nomultithread"} <= set(flags)
+
+
+def test_cli_dry_run_prints_the_script_and_submits_nothing(capsys, tmp_path):
+    rc = main(["submit", "smoke", "--cluster", str(REPO / "configs/cluster/a100-4nodes.yaml"), "--dry-run",
+               f"run_dir={tmp_path}/run", f"cluster.log_dir={tmp_path}/logs", "cluster.partition=big"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.startswith("#!/bin/bash")
+    assert "#SBATCH --partition=big" in out and "#SBATCH --nodes=4" in out
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "run").exists()
+
+
+def test_cli_bad_cluster_override_is_a_config_error(capsys):
+    rc = main(["submit", "smoke", "--cluster", "slurm-cpu", "--dry-run", "cluster.gpus_per_node=2"])
+    assert rc == 0 and "#SBATCH --gpus-per-node=2" in capsys.readouterr().out  # 2 tasks, 2 GPUs: valid
+    rc = main(["submit", "smoke", "--cluster", "slurm-cpu", "--dry-run", "cluster.gpus_per_node=4"])
+    assert rc == 2 and "run one task per GPU" in capsys.readouterr().err
+
+
+def test_scontrol_state_parsing_covers_plain_and_array_jobs():
+    text = (
+        "JobId=12 JobName=a JobState=RUNNING Reason=None NodeList=vm BatchHost=vm\n"
+        "JobId=14 ArrayJobId=13 ArrayTaskId=1 JobName=b JobState=FAILED NodeList=vm\n"
+        "JobId=13 ArrayJobId=13 ArrayTaskId=0,2-3%4 JobName=b JobState=PENDING NodeList=(null)\n"
+    )
+    info = SlurmStateWatcher().read_info(text)
+    assert info["12"]["State"] == "RUNNING"
+    assert info["13_1"]["State"] == "FAILED"
+    assert {k for k, v in info.items() if v["State"] == "PENDING"} == {"13_0", "13_2", "13_3"}
+
+
+def test_requeue_is_recorded_in_the_run_dir_and_bounded(tmp_path):
+    runner = JobRunner("smoke", SmokeConfig(run_dir=str(tmp_path)), str(tmp_path), max_requeues=2)
+    for n in (1, 2):
+        again = runner.checkpoint()
+        assert again.function.run_dir == str(tmp_path) and again.function.config == runner.config
+        assert requeue_count(tmp_path) == n
+    with pytest.raises(RequeueLimitReached, match=r"requeued 2 times already \(max_requeues=2\)"):
+        runner.checkpoint()
+    records = [json.loads(x) for x in (tmp_path / "launch/requeues.jsonl").read_text().splitlines()]
+    assert [r["n"] for r in records] == [1, 2]
