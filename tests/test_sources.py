@@ -282,3 +282,15 @@ def test_csv_ids_and_errors(tmp_path):
         list(get_source("csv").iter_records(tmp_path))
     with pytest.raises(SourceError, match="does not exist"):
         list(get_source("csv").iter_records(tmp_path / "missing.csv"))
+
+
+def test_imaterialist_2020_attribute_column(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "label_descriptions.json").write_text(json.dumps({
+        "info": {}, "categories": [{"id": 0, "name": "shirt, blouse", "supercategory": "upperbody", "level": 2}],
+        "attributes": [{"id": 115, "name": "above-the-hip (length)", "supercategory": "length", "level": 1}]}))
+    (tmp_path / "train.csv").write_text('ImageId,EncodedPixels,Height,Width,ClassId,AttributesIds\n'
+                                        'abc,1 3,4,4,0,"115,116"\nabc,5 2,4,4,3,\n')
+    recs, skips = _read("imaterialist", tmp_path)
+    assert not skips and recs["abc"].labels == {"category": ["code_3", "shirt, blouse"],
+                                                "attribute": ["above-the-hip (length)", "code_116"]}

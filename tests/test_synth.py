@@ -298,3 +298,12 @@ def test_cli_synth(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "wrote 12 folder images (32x43)" in out
     assert (tmp_path / "f" / QUIRKS_FILE).exists()
+
+
+def test_cli_synth_rejects_bad_arguments(tmp_path):
+    from fashiontune.cli import main
+
+    with pytest.raises(SystemExit, match="--quirks must be within 0..1"):
+        main(["synth", "--format", "kagl", "--out", str(tmp_path), "--quirks", "1.5"])
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        main(["synth", "--format", "deepfashion", "--out", str(tmp_path)])

@@ -80,17 +80,18 @@ def texture(w: int, h: int, colour: RGB, pattern: str, rng: random.Random, fabri
     other = np.array(contrast_of(colour), np.float32)
     mask = None
     phase = rng.random()
-    if pattern == "striped":  # horizontal bands, period 1/8 of the width
-        mask = ((ys * 8 + phase) % 1.0) < 0.4
+    # periods are coarse (1/4-1/5 of the width) so a pattern survives downsizing to 32-64 px
+    if pattern == "striped":  # horizontal bands
+        mask = ((ys * 5 + phase) % 1.0) < 0.4
     elif pattern == "checked":  # lattice lines both ways
-        mask = (((xs * 7 + phase) % 1.0) < 0.25) | (((ys * 7 + phase) % 1.0) < 0.25)
+        mask = (((xs * 5 + phase) % 1.0) < 0.25) | (((ys * 5 + phase) % 1.0) < 0.25)
     elif pattern == "dotted":
-        dx = (xs * 7 + phase) % 1.0 - 0.5
-        dy = (ys * 7) % 1.0 - 0.5
+        dx = (xs * 5 + phase) % 1.0 - 0.5
+        dy = (ys * 5) % 1.0 - 0.5
         mask = dx * dx + dy * dy < 0.07
     elif pattern == "floral":  # dots of a second, warm colour on an offset grid
-        dx = (xs * 5 + 0.5 * (np.floor(ys * 5) % 2)) % 1.0 - 0.5
-        dy = (ys * 5) % 1.0 - 0.5
+        dx = (xs * 4 + 0.5 * (np.floor(ys * 4) % 2)) % 1.0 - 0.5
+        dy = (ys * 4) % 1.0 - 0.5
         r2 = dx * dx + dy * dy
         mask = r2 < 0.09
         other = np.array((235, 120, 40) if luminance(colour) < 150 else (190, 30, 120), np.float32)
