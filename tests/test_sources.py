@@ -128,6 +128,8 @@ def test_kagl_missing_files_explained(tmp_path):
         list(get_source("kagl").iter_records(tmp_path))
     with pytest.raises(SourceError, match="is not a directory"):
         list(get_source("kagl").iter_records(tmp_path / "nope"))
+    with pytest.raises(SourceError, match=r"Found .*fashion-dataset/styles\.csv: pass --input .*fashion-dataset"):
+        list(get_source("kagl").iter_records(_kagl(tmp_path / "dl" / "fashion-dataset", "").parent))
 
 
 # ------------------------------------------------------------------------------------------ deepfashion-mm

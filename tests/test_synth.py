@@ -17,7 +17,6 @@ import pytest
 from PIL import Image, ImageOps
 
 from fashiontune.synth import FORMATS, QUIRKS_FILE, generate, image_size_of, load_quirks
-from fashiontune.synth.draw import BACKGROUND
 from fashiontune.synth.imagefile import IMAGE_QUIRKS
 from fashiontune.synth.imaterialist import rle_encode
 from fashiontune.sources.imaterialist import rle_decode

@@ -30,7 +30,10 @@ class Source:
             raise SourceError(f"{self.name}: input {root} is not a directory. {self.expect()}")
         for rel, what in self.required.items():
             if not (root / rel).exists():
-                raise SourceError(f"{self.name}: {root / rel} not found ({what}). {self.expect()}")
+                # downloads often unpack into one more folder (e.g. fashion-dataset/styles.csv)
+                nested = sorted(p.parent for p in root.glob(f"*/{rel}"))
+                hint = f" Found {nested[0] / rel}: pass --input {nested[0]}." if nested else ""
+                raise SourceError(f"{self.name}: {root / rel} not found ({what}).{hint} {self.expect()}")
         return root
 
     def expect(self) -> str:

@@ -9,7 +9,7 @@ argument, so a seed fixes every pixel.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -257,7 +257,6 @@ class Outfit:
     shoes: bool = True
     bag: bool = False
     bag_colour: RGB = (120, 72, 32)
-    extra: dict = field(default_factory=dict)
 
 
 LOWER_HEM = {"three-point": 0.60, "medium short": 0.68, "three-quarter": 0.82, "long": 0.93}
