@@ -185,7 +185,7 @@ from fashiontune.shards.build import build_shards
 from fashiontune.shards.config import ShardBuildConfig
 from fashiontune.shards.testing import ListSource, make_corpus
 real = writer.encode
-writer.encode = lambda *a, **k: (time.sleep(0.05), real(*a, **k))[1]  # slow enough to be killed mid-way
+writer.encode = lambda *a, **k: (time.sleep(0.1), real(*a, **k))[1]  # slow enough to be killed mid-way
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 recs = make_corpus(root, %d, seed=1, write=False)
 build_shards(ShardBuildConfig(input=str(root), out=str(out), image_size=32, shard_size=4, workers=1,

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tarfile
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,6 +28,7 @@ from typing import Callable, Optional
 from fashiontune.shards.image import ImageError, encode
 
 STATE_DIR = "_state"
+_HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
 PARTIAL = ".partial"
 
 
@@ -65,7 +67,8 @@ def state_path(out_dir: Path, shard_name: str) -> Path:
 
 
 def tmp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.{os.getpid()}{PARTIAL}")
+    """A temp name unique to this process, also across the nodes of an array job on a shared filesystem."""
+    return final.with_name(f".{final.name}.{_HOST}.{os.getpid()}{PARTIAL}")
 
 
 def write_json_atomic(path: Path, obj, indent: Optional[int] = None) -> None:
