@@ -108,14 +108,15 @@ def texture(w: int, h: int, colour: RGB, pattern: str, rng: random.Random, fabri
         ring = np.abs(np.hypot(xs - cx, ys - cy) - 0.06) < 0.015
         base[np.broadcast_to(ring, (h, w))] = colour
     if fabric == "denim":  # diagonal twill
-        base *= np.where(((xs + ys) * 40 % 1.0) < 0.5, 0.88, 1.0)[..., None]
+        base *= np.where(((xs + ys) * 16 % 1.0) < 0.5, 0.8, 1.0)[..., None]
     elif fabric == "knitted":  # vertical ribs
-        base *= np.where((xs * 30 % 1.0) < 0.35, 0.82, 1.0)[..., None]
+        base *= np.where((xs * 14 % 1.0) < 0.35, 0.75, 1.0)[..., None]
     elif fabric == "leather":  # dark with a sheen band
         base = base * 0.55 + 40 * np.exp(-(((xs - ys * 0.4) % 0.6) - 0.3) ** 2 / 0.004)[..., None]
-    elif fabric == "furry":  # coarse speckle
-        g = np.random.default_rng(rng.getrandbits(32)).integers(-45, 45, (h, w, 1), dtype=np.int16)
-        base = base + g
+    elif fabric == "furry":  # coarse speckle: cells of ~1/24 of the width survive downsizing
+        cell = max(1, w // 24)
+        g = np.random.default_rng(rng.getrandbits(32)).integers(-50, 50, (h // cell + 1, w // cell + 1, 1))
+        base = base + np.repeat(np.repeat(g, cell, 0), cell, 1)[:h, :w].astype(np.float32)
     elif fabric == "chiffon":  # pale, see-through
         base = base * 0.55 + np.float32(255 * 0.45)
     return np.clip(base, 0, 255).astype(np.uint8)
