@@ -20,11 +20,16 @@ from torchvision import transforms
 from fashiontune.data import DataConfig, EpochMode, make_loader, measure_loader_throughput
 
 TO_TENSOR = transforms.ToTensor()
+# random crops + flips: augmentations must be a function of (seed, epoch, key) only
+RANDOM_AUG = transforms.Compose([transforms.RandomResizedCrop(6, scale=(0.3, 1.0)), transforms.RandomHorizontalFlip(),
+                                 transforms.ToTensor()])
 
 
 def _jpg(i: int) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (8, 8), ((i * 37) % 256, (i * 11) % 256, 128)).save(buf, format="JPEG")
+    im = Image.new("RGB", (8, 8), ((i * 37) % 256, (i * 11) % 256, 128))
+    im.paste((255, 255, 255), (0, 0, 4, 3))  # a corner block, so that crops and flips change pixels
+    im.save(buf, format="JPEG")
     return buf.getvalue()
 
 
@@ -77,8 +82,8 @@ def keys_of(loader, valid_only=True) -> list[str]:
     return out
 
 
-def all_ranks(c: DataConfig, world: int, epoch: int = 0, train: bool = True) -> list:
-    loaders = [make_loader(c, train=train, transform=TO_TENSOR, rank=r, world_size=world) for r in range(world)]
+def all_ranks(c: DataConfig, world: int, epoch: int = 0, train: bool = True, transform=TO_TENSOR) -> list:
+    loaders = [make_loader(c, train=train, transform=transform, rank=r, world_size=world) for r in range(world)]
     for ld in loaders:
         ld.set_epoch(epoch)
     return loaders
@@ -186,20 +191,49 @@ def test_balanced_sampling_evens_out_a_skewed_field(tmp_path):
     assert collections.Counter(y for b in unbalanced for y in b["labels"]["category"].tolist())[0] > 400
 
 
+def _fingerprint(b: dict) -> tuple:
+    return tuple(b["key"]), tuple(round(float(x), 4) for x in b["image"].flatten(1).sum(1))
+
+
 def _resume_check(c: DataConfig, world: int = 1, rank: int = 0, epoch: int = 1) -> None:
-    full = make_loader(c, train=True, transform=TO_TENSOR, rank=rank, world_size=world, epoch=epoch)
-    ref = [b["key"] for b in full]
+    make = lambda: make_loader(c, train=True, transform=RANDOM_AUG, rank=rank, world_size=world)  # noqa: E731
+    full = make()
+    full.set_epoch(epoch)
+    ref = [_fingerprint(b) for b in full]  # keys and augmented pixels
     assert full.state_dict()["batches"] == len(full)
     for k in range(len(ref) + 1):
-        first = make_loader(c, train=True, transform=TO_TENSOR, rank=rank, world_size=world, epoch=epoch)
+        first = make()
+        first.set_epoch(epoch)
         it = iter(first)
-        head = [next(it)["key"] for _ in range(k)]
+        head = [_fingerprint(next(it)) for _ in range(k)]
         state = first.state_dict()
         del it
-        again = make_loader(c, train=True, transform=TO_TENSOR, rank=rank, world_size=world)
+        again = make()
         again.load_state_dict(state)
         again.set_epoch(epoch)  # what the loop does; keeps the loaded position
-        assert head + [b["key"] for b in again] == ref, f"resume after {k} batches"
+        assert head + [_fingerprint(b) for b in again] == ref, f"resume after {k} batches"
+
+
+def test_augmentation_depends_on_seed_epoch_key_only(uneven):
+    def images(world, epoch, workers=0):
+        out = {}
+        for ld in all_ranks(cfg(uneven, workers=workers), world, epoch, transform=RANDOM_AUG):
+            for b in ld:
+                out.update(zip(b["key"], b["image"]))
+        return out
+
+    a = images(1, 0)
+    b, c = images(3, 0), images(1, 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # another rank layout: the same crops
+    assert sum(not torch.equal(a[k], c[k]) for k in a) > len(a) // 2  # another epoch: other crops
+
+
+def test_in_process_reading_leaves_the_training_rng_alone(uneven):
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    keys_of(make_loader(cfg(uneven), train=True, transform=RANDOM_AUG))  # workers=0: runs in this process
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_resume_in_process(uneven):

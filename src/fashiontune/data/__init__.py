@@ -33,6 +33,10 @@ Epochs (`data.epoch_mode`):
 Shuffling: shard order seeded by (seed, epoch), sample buffer per worker seeded by (seed, epoch, rank, worker):
 the same seed (and world size, workers, batch size) gives the same stream; another epoch another order. Call `loader.set_epoch(epoch)` each epoch.
 
+Augmentation: training transforms run with torch's and Python's RNGs seeded per (seed, epoch, sample key) and
+restored afterwards, so a sample gets the same crop whatever the rank/worker layout or a resume, and reading
+in the training process (workers=0) never moves the training RNG (nor does the DataLoader: own generator).
+
 Resume: the position is (epoch, batches of that epoch already yielded).
     state = loader.state_dict()            # save with the checkpoint: {"epoch", "batches", "plan"}
     loader.load_state_dict(state)          # on resume (or make_loader(..., epoch=e, skip_batches=k))

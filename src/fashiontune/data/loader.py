@@ -18,7 +18,7 @@ from fashiontune.data.config import DataConfig, EpochMode
 from fashiontune.data.labels import build_encoders
 from fashiontune.data.manifest import ManifestError, read_manifest, split_shards
 from fashiontune.data.plan import exact_worker_batches, resampled_worker_batches, round_robin_position
-from fashiontune.data.stream import Collator, ShardStream, iter_tar
+from fashiontune.data.stream import Collator, ShardStream, iter_tar, sample_seed
 
 
 class ShardLoader:
@@ -111,13 +111,16 @@ class ShardLoader:
             worker_batches=self.worker_batches, worker_skip=taken, rotation=nxt, epoch=self.epoch,
             seed=self.cfg.seed, shuffle_buffer=self.cfg.shuffle_buffer if self.train else 0,
             shuffle_shards=self.cfg.shuffle_shards and self.train, balancer=self.balancer,
+            seeded_augment=self.train,
         )
 
     def padding_batch(self) -> dict:
         """The first samples of the split (manifest order), marked valid=False: what short ranks repeat."""
         if self._pad is None:
             raw = itertools.islice(itertools.chain.from_iterable(iter_tar(s.path) for s in self.shards), self.batch_size)
-            self._pad = self.collate([self.collate.decode(s) for s in raw], valid=False)
+            self._pad = self.collate(
+                [self.collate.decode(s, sample_seed(self.cfg.seed, -1, s["__key__"])) for s in raw], valid=False
+            )
         return self._pad
 
     def __iter__(self) -> Iterator[dict]:
@@ -129,6 +132,8 @@ class ShardLoader:
             dl = DataLoader(
                 self._stream(skip), batch_size=None, num_workers=workers, pin_memory=self.cfg.pin_memory,
                 prefetch_factor=self.cfg.prefetch_factor if workers else None, persistent_workers=False,
+                # its own generator: DataLoader would otherwise draw worker seeds from the training RNG
+                generator=torch.Generator().manual_seed(hash((self.cfg.seed, self.epoch, self.rank)) & (2**62)),
             )
             for batch in dl:
                 self._consumed += 1

@@ -6,9 +6,11 @@ the uninterrupted stream exactly while paying only tar reading (not JPEG decodin
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -39,6 +41,24 @@ def parse_meta(sample: dict) -> dict:
     return sample["_meta"]
 
 
+def sample_seed(seed: int, epoch: int, key: str) -> int:
+    """Augmentation seed of one sample: the same crop/flip whatever the rank/worker layout or a resume."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest(), "little")
+
+
+def seeded(seed: int, fn: Callable, *args: Any) -> Any:
+    """fn(*args) with torch's and Python's global RNGs seeded, then restored (with workers=0 this runs in the
+    training process, whose RNG streams - dropout, init - must not be disturbed)."""
+    torch_state, py_state = torch.random.get_rng_state(), random.getstate()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        return fn(*args)
+    finally:
+        torch.random.set_rng_state(torch_state)
+        random.setstate(py_state)
+
+
 @dataclass
 class Collator:
     """Decoded samples -> the training batch dict of PLAN.md (plus "caption" strings and a "valid" mask)."""
@@ -47,11 +67,12 @@ class Collator:
     encoders: dict[str, LabelEncoder]
     tokenizer: Callable[[list[str]], torch.Tensor] | None = None
 
-    def decode(self, sample: dict) -> dict:
+    def decode(self, sample: dict, aug_seed: int | None = None) -> dict:
         meta = parse_meta(sample)
         try:
             with Image.open(io.BytesIO(sample["jpg"])) as im:
-                image = self.transform(im.convert("RGB"))
+                rgb = im.convert("RGB")
+            image = self.transform(rgb) if aug_seed is None else seeded(aug_seed, self.transform, rgb)
         except KeyError as e:
             raise ManifestError(f"{sample.get('__url__')}: sample {sample['__key__']!r} has no .jpg member.") from e
         return {
@@ -96,6 +117,7 @@ class ShardStream(IterableDataset):
     shuffle_buffer: int = 0
     shuffle_shards: bool = False
     balancer: ClassBalancer | None = None
+    seeded_augment: bool = False  # seed random transforms per (seed, epoch, key): resumes reproduce augmentations
 
     def _exact_samples(self, worker: int) -> Iterator[dict]:
         order = [self.shards[i] for i in shard_order(len(self.shards), self.seed, self.epoch, self.shuffle_shards)]
@@ -158,7 +180,8 @@ class ShardStream(IterableDataset):
         raw = itertools.islice(raw, skip * self.batch_size, n * self.batch_size)
         items: list[dict] = []
         for sample in raw:
-            items.append(self.collate.decode(sample))
+            aug = sample_seed(self.seed, self.epoch, sample["__key__"]) if self.seeded_augment else None
+            items.append(self.collate.decode(sample, aug))
             if len(items) == self.batch_size:
                 yield self.collate(items)
                 items = []
