@@ -279,3 +279,16 @@ def test_config_errors(tmp_path):
     assert main(["shards", "build", "--source", "kagl", "--input", str(tmp_path), "--splits", "train=1.5"]) == 2
     assert main(["shards", "merge", str(tmp_path)]) == 1  # no plan there
     assert main(["shards", "verify", str(tmp_path)]) == 1  # no manifest there
+
+
+def test_a_failing_worker_stops_the_build_with_a_clear_error_and_resume_finishes(corpus, tmp_path):
+    root, recs = corpus
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "val").write_text("a file where the val/ folder should go")  # every val shard write fails
+    with pytest.raises(BuildError, match=r"writing val/shard-\d+\.tar failed: .*rerun the same command"):
+        build_shards(cfg_for(root, out, workers=2), ListSource(recs))
+    assert not (out / "manifest.json").exists()
+    (out / "val").unlink()
+    m = build_shards(cfg_for(root, out, workers=2), ListSource(recs))
+    assert m == build_shards(cfg_for(root, tmp_path / "ref"), ListSource(recs))
