@@ -39,10 +39,16 @@ def run(args: argparse.Namespace) -> int:
                    image_size=args.image_size)
     w, h = image_size_of(args.format, args.full_size, args.image_size)
     log = json.loads((out / QUIRKS_FILE).read_text())
-    kinds: dict[str, int] = {}
-    for qs in log["items"].values():
-        for q in qs:
-            kinds[q] = kinds.get(q, 0) + 1
-    print(f"wrote {args.n} {args.format} images ({w}x{h}) to {out} in {time.perf_counter() - t0:.1f}s; "
-          f"quirks: {json.dumps(kinds, sort_keys=True) if kinds else 'none'}")
+    def count(entries: dict[str, list[str]]) -> str:
+        kinds: dict[str, int] = {}
+        for qs in entries.values():
+            for q in qs:
+                kinds[q] = kinds.get(q, 0) + 1
+        return json.dumps(kinds, sort_keys=True) if kinds else "none"
+
+    line = (f"wrote {args.n} {args.format} images ({w}x{h}) to {out} in {time.perf_counter() - t0:.1f}s; "
+            f"quirks: {count({**log['items'], **log['files']})}")
+    if log["structural"]:
+        line += f"; as in the real files: {count(log['structural'])}"
+    print(line + f" (listed in {out / QUIRKS_FILE})")
     return 0
