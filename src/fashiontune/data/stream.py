@@ -50,7 +50,7 @@ def seeded(seed: int, fn: Callable, *args: Any) -> Any:
     """fn(*args) with torch's and Python's global RNGs seeded, then restored (with workers=0 this runs in the
     training process, whose RNG streams - dropout, init - must not be disturbed)."""
     torch_state, py_state = torch.random.get_rng_state(), random.getstate()
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would also reseed CUDA
     random.seed(seed)
     try:
         return fn(*args)
