@@ -1,0 +1,127 @@
+"""Benchmark: exact chunked scorer (fashiontune.eval) vs the full-matrix approach (open_clip's get_clip_metrics:
+N x N similarity, argsort every row, find the ground truth), text->image on N random d-dim embeddings.
+
+Each (method, N) runs in a fresh subprocess, so peak memory is that process's high-water mark (VmHWM) minus
+its resident size just before scoring (embeddings already built). The full matrix needs ~13 N^2 bytes
+(fp32 scores + int64 argsort + bool compare); where that exceeds --budget-gb it is not run, and the table says
+so. For large N our scorer may run on a subset of queries (--max-queries): its time is linear in the number
+of queries (each query chunk is scored against all N candidates), so the table shows the measured time and the
+full-corpus time extrapolated from it; memory does not depend on the number of queries.
+
+    python bench/eval.py                         # N = 10k, 44k, 200k, d = 512, CPU
+    python bench/eval.py --sizes 10000 --threads 2
+    python bench/eval.py --device cuda --sizes 200000 1000000 --max-queries 0   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+FULL_BYTES_PER_PAIR = 4 + 8 + 1  # fp32 similarity + int64 argsort indices + bool (ranking == truth)
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def child(method: str, n: int, d: int, queries: int, device: str, threads: int, chunk_mb: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(n, d, generator=g)
+    img /= img.norm(dim=1, keepdim=True)
+    txt = img + 0.05 * torch.randn(n, d, generator=g)  # paired text near its image: a non-trivial retrieval task
+    txt /= txt.norm(dim=1, keepdim=True)
+    q = n if queries <= 0 else min(n, queries)
+    if device == "cuda":
+        img, txt = img.cuda(), txt.cuda()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    base_kb = _rss_kb("VmRSS")
+    t0 = time.perf_counter()
+    if method == "full":  # open_clip_train.train.get_clip_metrics, text->image direction
+        logits = txt[:q] @ img.T
+        ranking = torch.argsort(logits, descending=True)
+        preds = torch.where(ranking == torch.arange(q, device=logits.device).view(-1, 1))[1]
+        r1 = (preds < 1).double().mean().item()
+    else:
+        from fashiontune.eval.retrieval import PairRelevance, rank_metrics
+        from fashiontune.eval.topk import chunked_rank
+
+        ids = [str(i) for i in range(n)]
+        rel = PairRelevance(ids, ids)  # single positive: the paired image
+        res = chunked_rank(txt[:q], img, 50, rel, memory_budget_bytes=chunk_mb << 20, device=device)
+        r1 = rank_metrics(res.first_rank, (1,))["R@1"]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() - base) if device == "cuda" else (_rss_kb("VmHWM") - base_kb) * 1024
+    return {"method": method, "n": n, "queries": q, "seconds": secs, "peak_bytes": peak, "R@1": r1}
+
+
+def run_child(args, method: str, n: int, queries: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--sizes", str(n), "--dim", str(args.dim),
+           "--max-queries", str(queries), "--device", args.device, "--threads", str(args.threads),
+           "--chunk-mb", str(args.chunk_mb)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def gb(b: float) -> str:
+    return f"{b / 2**30:.2f} GB"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 44_000, 200_000])
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the CI box has 2 shared cores)")
+    p.add_argument("--budget-gb", type=float, default=8.0, help="memory the full-matrix method may use")
+    p.add_argument("--chunk-mb", type=int, default=512, help="working-set budget of the chunked scorer")
+    p.add_argument("--max-queries", type=int, default=10_000,
+                   help="score at most this many queries for our method at large N (0 = all), extrapolate")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.sizes[0], args.dim, args.max_queries, args.device, args.threads,
+                               args.chunk_mb)))
+        return 0
+
+    print(f"text->image scoring, d={args.dim}, device={args.device}, threads={args.threads}, "
+          f"full-matrix budget {args.budget_gb:g} GB, chunked working set {args.chunk_mb} MB")
+    head = (f"{'N':>9} | {'full: time':>11} {'peak':>10} | {'chunked: time':>13} {'(queries)':>10} "
+            f"{'full-N time':>11} {'peak':>10} | {'time ratio':>10} {'mem ratio':>9} | R@1 equal")
+    print(head)
+    print("-" * len(head))
+    for n in args.sizes:
+        need = FULL_BYTES_PER_PAIR * n * n + 2 * n * args.dim * 4
+        full = run_child(args, "full", n, 0) if need <= args.budget_gb * 2**30 else None
+        q = 0 if full is not None else args.max_queries  # where both run, score the same full query set
+        ours = run_child(args, "chunked", n, q)
+        ours_full_time = ours["seconds"] * n / ours["queries"]
+        extrap = "" if ours["queries"] == n else "*"
+        if full is not None:
+            cols = (f"{full['seconds']:>10.1f}s {gb(full['peak_bytes']):>10} | ", f"{full['seconds'] / ours_full_time:>9.2f}x "
+                    f"{full['peak_bytes'] / max(ours['peak_bytes'], 1):>8.1f}x | {abs(full['R@1'] - ours['R@1']) < 1e-9}")
+        else:
+            cols = (f"{'no fit':>11} {'>' + gb(need):>10} | ", f"{'-':>10} {'-':>9} | needs {gb(need)} > budget")
+        print(f"{n:>9} | {cols[0]}{ours['seconds']:>12.1f}s {ours['queries']:>10} {ours_full_time:>10.1f}s{extrap or ' '}"
+              f"{gb(ours['peak_bytes']):>10} | {cols[1]}", flush=True)
+    print("* extrapolated linearly from the measured query subset (time is linear in queries; memory is not"
+          " affected). ratio = full / chunked.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

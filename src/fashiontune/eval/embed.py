@@ -1,0 +1,259 @@
+"""Embed every item of a split on all ranks, gather to every rank, cache on disk.
+
+Partition: the split's items, in manifest shard order and file order within a shard, are cut into batches of
+`batch_size` at GLOBAL positions 0, B, 2B, ...; rank r embeds the contiguous run of batches
+[r*nb/W, (r+1)*nb/W). Every item lands in exactly one rank (any world size, any count), gathering in rank
+order restores the global order, and each batch holds the same items whatever the world size, so one process
+and several produce bit-identical embeddings. Within a rank, DataLoader worker w decodes batches w, w+W', ...
+and the DataLoader returns them round-robin, i.e. in order. Shards wholly outside a rank's range are not read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+log = logging.getLogger(__name__)
+
+
+class ShardReadError(ValueError):
+    """Shards that do not match their manifest; the message names the shard and the fix."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    count: int
+    offset: int  # global index of its first item in the split
+
+
+@dataclass
+class Corpus:
+    """A split's items in global order with their (L2-normalised) embeddings."""
+
+    keys: list[str]
+    group_ids: list[str]
+    captions: list[str]
+    labels: list[dict]  # raw {field: value | [values]} per item
+    image: np.ndarray  # N x d float32
+    text: np.ndarray | None  # N x d float32, None for image-only models
+    prompts: dict[str, np.ndarray] = field(default_factory=dict)  # field -> V x d label-prompt embeddings
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def split_shards(manifest: dict, shards_dir: Path, split: str) -> list[Shard]:
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise ShardReadError(
+            f"{shards_dir / 'manifest.json'}: no split {split!r} (it has {sorted(splits)}); set data.split to one of them."
+        )
+    out, off = [], 0
+    for s in splits[split].get("shards", []):
+        out.append(Shard(shards_dir / s["name"], int(s["count"]), off))
+        off += int(s["count"])
+    return out
+
+
+def batch_range(total: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, end) item range of `rank`: a contiguous run of globally aligned batches."""
+    nb = -(-total // batch_size)
+    b0, b1 = rank * nb // world, (rank + 1) * nb // world
+    return min(total, b0 * batch_size), min(total, b1 * batch_size)
+
+
+def iter_samples(shards: Sequence[Shard], start: int, end: int) -> Iterator[tuple[int, dict]]:
+    """(global index, raw sample) for items start..end-1, opening only the shards that hold them."""
+    for sh in shards:
+        if sh.offset + sh.count <= start or sh.offset >= end:
+            continue
+        if not sh.path.is_file():
+            raise ShardReadError(f"{sh.path}: listed in manifest.json but missing; rebuild or copy the shards.")
+        n = 0
+        for n, sample in enumerate(group_by_keys(tar_file_expander(url_opener([{"url": str(sh.path)}]))), 1):
+            g = sh.offset + n - 1
+            if g >= end:
+                return
+            if g >= start:
+                yield g, sample
+        if n != sh.count:
+            raise ShardReadError(
+                f"{sh.path}: manifest.json says {sh.count} samples, the tar holds {n}; "
+                "run `fashiontune shards verify` and rebuild the shards."
+            )
+
+
+def parse_sample(sample: dict) -> tuple[str, str, str, dict]:
+    key = sample["__key__"]
+    if "json" not in sample or "jpg" not in sample:
+        raise ShardReadError(f"{sample.get('__url__')}: sample {key!r} lacks a .jpg or .json member (shards/README.md).")
+    meta = json.loads(sample["json"])
+    caption = sample.get("txt", b"").decode("utf-8")
+    return key, str(meta.get("group_id", key)), caption, meta.get("labels", {}) or {}
+
+
+class RangeBatches(IterableDataset):
+    """Decoded, collated batches of items [start, end), batches aligned to global multiples of batch_size."""
+
+    def __init__(self, shards, start, end, batch_size, transform: Callable, tokenizer: Callable | None):
+        self.shards, self.start, self.end, self.bs = shards, start, end, batch_size
+        self.transform, self.tokenizer = transform, tokenizer
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        items: list = []
+        for g, sample in iter_samples(self.shards, self.start, self.end):
+            b = (g - self.start) // self.bs
+            if b % nw != wid:
+                continue  # another worker decodes this batch; we only skip over its tar bytes
+            key, group, caption, labels = parse_sample(sample)
+            with Image.open(io.BytesIO(sample["jpg"])) as im:
+                items.append((g, key, group, caption, labels, self.transform(im.convert("RGB"))))
+            if g + 1 == min(self.end, self.start + (b + 1) * self.bs):
+                yield self._collate(items)
+                items = []
+        if items:  # only reachable when the shards end early (caught by iter_samples' count check)
+            yield self._collate(items)
+
+    def _collate(self, items):
+        idx, keys, groups, caps, labels, images = zip(*items)
+        out = {"index": list(idx), "key": list(keys), "group_id": list(groups), "caption": list(caps),
+               "labels": list(labels), "image": torch.stack(images)}
+        if self.tokenizer is not None:
+            out["text"] = self.tokenizer(list(caps))
+        return out
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU.")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def embed_range(loaded, shards, start, end, batch_size, num_workers, device, precision) -> dict:
+    """Embed items [start, end) of the split on this rank. Features are L2-normalised in fp32."""
+    model = loaded.model.to(device).eval()
+    has_text = bool(getattr(loaded, "has_text", loaded.tokenizer is not None))
+    ds = RangeBatches(shards, start, end, batch_size, loaded.preprocess_val, loaded.tokenizer if has_text else None)
+    dl = DataLoader(ds, batch_size=None, num_workers=num_workers, persistent_workers=False)
+    out = {"index": [], "key": [], "group_id": [], "caption": [], "labels": [], "image": [], "text": []}
+    for batch in dl:
+        for k in ("index", "key", "group_id", "caption", "labels"):
+            out[k].extend(batch[k])
+        with autocast(device, precision):
+            img = _image_features(loaded, batch["image"].to(device))
+            txt = model.encode_text(batch["text"].to(device)) if has_text else None
+        out["image"].append(torch.nn.functional.normalize(img.float(), dim=-1).cpu())
+        if txt is not None:
+            out["text"].append(torch.nn.functional.normalize(txt.float(), dim=-1).cpu())
+    d = _out_dim(loaded)
+    out["image"] = torch.cat(out["image"]) if out["image"] else torch.empty(0, d)
+    out["text"] = (torch.cat(out["text"]) if out["text"] else torch.empty(0, d)) if has_text else None
+    if out["index"] != list(range(start, end)):
+        raise ShardReadError(f"rank range {start}:{end}: read {len(out['index'])} items out of order or incomplete")
+    return out
+
+
+def _image_features(loaded, images: torch.Tensor) -> torch.Tensor:
+    model = loaded.model
+    return model.encode_image(images) if hasattr(model, "encode_image") else model(images)
+
+
+def _out_dim(loaded) -> int:
+    try:
+        return int(loaded.image_dim)
+    except Exception:
+        return 0
+
+
+@torch.no_grad()
+def embed_prompts(loaded, class_names: Sequence[str], templates: Sequence[str], device, precision) -> np.ndarray:
+    """One L2-normalised text embedding per class: the mean of its templated prompts (CLIP's zero-shot
+    classifier recipe, as in open_clip.build_zero_shot_classifier)."""
+    model = loaded.model.to(device).eval()
+    rows = []
+    for name in class_names:
+        tokens = loaded.tokenizer([t.format(name) for t in templates]).to(device)
+        with autocast(device, precision):
+            e = model.encode_text(tokens)
+        e = torch.nn.functional.normalize(e.float(), dim=-1).mean(0)
+        rows.append(torch.nn.functional.normalize(e, dim=-1).cpu())
+    return torch.stack(rows).numpy() if rows else np.zeros((0, _out_dim(loaded)), np.float32)
+
+
+# --------------------------------------------------------------------------- gather across ranks
+def gather_ranks(local: dict, state) -> dict:
+    """Concatenate every rank's part in rank order, on every rank (uneven parts padded for all_gather)."""
+    if state.num_processes == 1:
+        return local
+    import torch.distributed as dist
+
+    meta = [None] * state.num_processes
+    dist.all_gather_object(meta, {k: local[k] for k in ("index", "key", "group_id", "caption", "labels")})
+    merged = {k: [x for m in meta for x in m[k]] for k in meta[0]}
+    for name in ("image", "text"):
+        t = local[name]
+        if t is None:
+            merged[name] = None
+            continue
+        counts = [len(m["index"]) for m in meta]
+        dev = state.device if state.device.type == "cuda" else torch.device("cpu")
+        pad = torch.zeros(max(counts), t.shape[1], dtype=t.dtype, device=dev)
+        pad[: t.shape[0]] = t.to(dev)
+        parts = [torch.empty_like(pad) for _ in counts]
+        dist.all_gather(parts, pad)
+        merged[name] = torch.cat([p[:c].cpu() for p, c in zip(parts, counts)])
+    return merged
+
+
+# --------------------------------------------------------------------------- cache
+CACHE_FILES = ("meta.json", "items.json", "image.npy")
+
+
+def save_cache(corpus: Corpus, cache_dir: Path, fingerprint: dict) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(cache_dir / "image.npy", corpus.image)
+    if corpus.text is not None:
+        np.save(cache_dir / "text.npy", corpus.text)
+    for f, arr in corpus.prompts.items():
+        np.save(cache_dir / f"prompts.{f}.npy", arr)
+    items = {"keys": corpus.keys, "group_ids": corpus.group_ids, "captions": corpus.captions,
+             "labels": corpus.labels, "prompt_fields": sorted(corpus.prompts)}
+    (cache_dir / "items.json").write_text(json.dumps(items))
+    # meta.json last: its presence marks a complete cache
+    (cache_dir / "meta.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+
+
+def load_cache(cache_dir: Path, fingerprint: dict) -> tuple[Corpus | None, str]:
+    """(corpus, "") when the cache matches the fingerprint, else (None, why not)."""
+    if not all((cache_dir / f).is_file() for f in CACHE_FILES):
+        return None, "no complete cache"
+    old = json.loads((cache_dir / "meta.json").read_text())
+    if old != json.loads(json.dumps(fingerprint, sort_keys=True)):
+        diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        return None, f"cache made with different {', '.join(diff)}"
+    items = json.loads((cache_dir / "items.json").read_text())
+    text = cache_dir / "text.npy"
+    return Corpus(
+        keys=items["keys"], group_ids=items["group_ids"], captions=items["captions"], labels=items["labels"],
+        image=np.load(cache_dir / "image.npy"), text=np.load(text) if text.is_file() else None,
+        prompts={f: np.load(cache_dir / f"prompts.{f}.npy") for f in items["prompt_fields"]},
+    ), ""

@@ -1,0 +1,62 @@
+"""The model under evaluation: an open_clip name + pretrained tag, a local weights file, a tiny random-init
+config, or a training export directory (weights + export.json [+ heads]). All through fashiontune.models."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from fashiontune.models import OPEN_CLIP_WEIGHTS, TIMM_WEIGHTS, LoadedModel, ModelConfig, ModelLoadError, load_clip
+
+
+def resolve_model_config(cfg) -> tuple[ModelConfig, Path | None]:
+    """ModelConfig to build + the export directory (for heads), from an EvalModelConfig."""
+    base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig)}
+    ckpt = getattr(cfg, "checkpoint", "")
+    if not ckpt:
+        return ModelConfig(**base), None
+    p = Path(ckpt)
+    if p.is_dir():
+        info_path = p / "export.json"
+        if not info_path.is_file():
+            raise ModelLoadError(
+                f"model.checkpoint={ckpt}: a directory without export.json; pass a training export directory "
+                f"(runs/<name>/export) or the weights file itself (e.g. {p / OPEN_CLIP_WEIGHTS})."
+            )
+        info = json.loads(info_path.read_text())
+        backbone = info.get("backbone", "open_clip")
+        base["backbone"] = backbone
+        if backbone == "timm":
+            base["timm_name"] = info.get("timm_name", base["timm_name"])
+            base["pretrained"] = str(p / TIMM_WEIGHTS)
+        else:
+            base["name"] = info.get("name", base["name"])
+            base["pretrained"] = str(p / OPEN_CLIP_WEIGHTS)
+        if not os.path.isfile(base["pretrained"]):
+            raise ModelLoadError(f"model.checkpoint={ckpt}: {base['pretrained']} is missing; re-export the model.")
+        return ModelConfig(**base), p
+    if p.is_file():
+        base["pretrained"] = str(p)
+        return ModelConfig(**base), p.parent
+    raise ModelLoadError(
+        f"model.checkpoint={ckpt}: no such file or directory. Pass an export directory, a weights file, "
+        "or leave it empty and set model.name / model.pretrained."
+    )
+
+
+def load_eval_model(cfg) -> tuple[LoadedModel, Path | None]:
+    mc, export_dir = resolve_model_config(cfg)
+    return load_clip(mc), export_dir
+
+
+def fingerprint(cfg) -> dict:
+    """What the embeddings depend on, for the on-disk cache (weights identified by size + mtime)."""
+    mc, _ = resolve_model_config(cfg)
+    out = {k: (v.value if hasattr(v, "value") else v) for k, v in dataclasses.asdict(mc).items()
+           if k not in ("grad_checkpointing", "aug_scale_min", "aug_scale_max", "cache_dir")}
+    if mc.pretrained and os.path.isfile(mc.pretrained):
+        st = os.stat(mc.pretrained)
+        out["weights_file"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out

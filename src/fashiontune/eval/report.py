@@ -1,0 +1,40 @@
+"""The printed summary table of an evaluation (also written to results.txt)."""
+
+from __future__ import annotations
+
+
+def _f(x) -> str:
+    return "-" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
+
+
+def format_table(results: dict) -> str:
+    lines = [f"evaluation of split {results.get('split')!r}: {results.get('items')} items"
+             f"{' (cached embeddings)' if results.get('embeddings_cached') else ''}"]
+    ret = results.get("retrieval") or {}
+    if ret:
+        ks = [k for k in next(iter(ret.values())) if k.startswith("R@")]
+        cols = ks + ["mrr", "mean_rank", "median_rank"]
+        lines += ["", "retrieval (full corpus, hit = any relevant item in top K)",
+                  f"{'direction':<10}" + "".join(f"{c:>12}" for c in cols)]
+        for d, m in ret.items():
+            lines.append(f"{d:<10}" + "".join(f"{_f(m.get(c)):>12}" for c in cols))
+    cat = results.get("category") or {}
+    if cat:
+        keys = sorted({k for c in cat.values() for k in c.get("mean", {})}, key=lambda k: (k[0] != "P", len(k), k))
+        lines += ["", "category -> product (macro mean over label values with items)",
+                  f"{'field':<22}{'labels':>8}" + "".join(f"{k:>10}" for k in keys)]
+        for f, c in cat.items():
+            lines.append(f"{f:<22}{c.get('labels_with_items', 0):>8}"
+                         + "".join(f"{_f(c.get('mean', {}).get(k)):>10}" for k in keys))
+    cls = results.get("classification") or {}
+    if cls:
+        lines += ["", "classification",
+                  f"{'field/method':<32}{'items':>7}{'acc':>9}{'top5':>9}{'macroF1':>9}{'microF1':>9}{'wF1':>9}{'mAP':>9}"]
+        for name, r in cls.items():
+            top = next((v for k, v in r.items() if k.startswith("top") and k.endswith("_accuracy")), None)
+            acc = r.get("accuracy", r.get("exact_match"))
+            lines.append(f"{name:<32}{r.get('items', 0):>7}{_f(acc):>9}{_f(top):>9}{_f(r.get('macro_f1')):>9}"
+                         f"{_f(r.get('micro_f1')):>9}{_f(r.get('weighted_f1')):>9}{_f(r.get('mAP')):>9}")
+        if any("exact_match" in r for r in cls.values()):
+            lines.append("(multi-label rows: acc = exact-match accuracy)")
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""`run_eval(cfg)`: embed a split on all ranks (or load the cached embeddings), then score on rank 0.
+
+Reads top to bottom: output dir -> manifest -> embeddings (cache | embed + gather + save) -> retrieval ->
+category-to-product -> classification -> plots -> results.json + printed table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashiontune.config import config_hash, save_config, to_dict
+from fashiontune.eval import embed as E
+from fashiontune.eval.classification import multi_label_report, single_label_report, tune_threshold
+from fashiontune.eval.config import EvalConfig
+from fashiontune.eval.plots import confusion_png, topk_grid_png
+from fashiontune.eval.report import format_table
+from fashiontune.eval.retrieval import category_metrics, rank_metrics, retrieval_ranks
+
+log = logging.getLogger(__name__)
+
+
+def _dist_state():
+    from accelerate import PartialState
+
+    # cpu=True lets accelerate see a torchrun / `accelerate launch --multi_gpu` env on a GPU-less machine as
+    # MULTI_CPU (gloo); without it such ranks would each think they are alone.
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _load_manifest(shards_dir: Path) -> dict:
+    try:
+        from fashiontune.shards.manifest import load_manifest
+    except ImportError:  # builder not installed: plain JSON
+        path = shards_dir / "manifest.json"
+        if not path.is_file():
+            raise E.ShardReadError(f"{path} does not exist: set data.shards to a directory built by `fashiontune shards build`.")
+        return json.loads(path.read_text())
+    return load_manifest(shards_dir)
+
+
+def out_dir(cfg: EvalConfig) -> Path:
+    return Path(cfg.out_dir or f"runs/{cfg.name}/eval-{cfg.data.split}")
+
+
+def _fields(cfg: EvalConfig, manifest: dict) -> dict[str, dict]:
+    labels = manifest.get("labels", {})
+    names = cfg.data.label_fields or sorted(labels)
+    unknown = [f for f in names if f not in labels]
+    if unknown:
+        raise E.ShardReadError(
+            f"{cfg.data.shards}/manifest.json has no label field(s) {unknown}; it has {sorted(labels)}. "
+            "Fix data.label_fields (empty = all)."
+        )
+    return {f: labels[f] for f in names}
+
+
+def _embed(cfg: EvalConfig, manifest: dict, fields: dict, state) -> E.Corpus:
+    from fashiontune.eval.model import load_eval_model
+
+    shards_dir = Path(cfg.data.shards)
+    shards = E.split_shards(manifest, shards_dir, cfg.data.split)
+    total = int(manifest["splits"][cfg.data.split]["count"])
+    torch.manual_seed(cfg.seed)  # random-init models: every rank (and every run) builds the same weights
+    loaded, _ = load_eval_model(cfg.model)
+    device = state.device if state.device.type == "cuda" else torch.device("cpu")
+    start, end = E.batch_range(total, cfg.data.batch_size, state.process_index, state.num_processes)
+    local = E.embed_range(loaded, shards, start, end, cfg.data.batch_size, cfg.data.num_workers, device,
+                          cfg.precision.value)
+    merged = E.gather_ranks(local, state)
+    n = len(merged["key"])
+    if n != total or merged["index"] != list(range(total)):
+        raise E.ShardReadError(f"embedded {n} items of split {cfg.data.split!r}, manifest.json says {total}")
+    if len(set(merged["key"])) != n:
+        raise E.ShardReadError(f"{shards_dir}: duplicate __key__ values in split {cfg.data.split!r}; rebuild the shards.")
+    prompts = {}
+    has_text = merged["text"] is not None
+    if has_text and state.is_main_process and (cfg.category.enabled or cfg.classification.zero_shot):
+        for f, spec in fields.items():
+            prompts[f] = E.embed_prompts(loaded, spec["vocab"], cfg.category.templates, device, cfg.precision.value)
+    return E.Corpus(merged["key"], merged["group_id"], merged["caption"], merged["labels"],
+                    merged["image"].numpy(), merged["text"].numpy() if has_text else None, prompts)
+
+
+def _targets(corpus: E.Corpus, field: str, spec: dict) -> np.ndarray:
+    """Single-label: N class indices (-1 = missing / unknown value). Multi-label: N x V multi-hot."""
+    index = {v: i for i, v in enumerate(spec["vocab"])}
+    values = [lab.get(field) for lab in corpus.labels]
+    if spec.get("multi"):
+        out = np.zeros((len(values), len(index)), dtype=np.int8)
+        for r, v in enumerate(values):
+            for x in v if isinstance(v, list) else ([] if v is None else [v]):
+                if str(x) in index:
+                    out[r, index[str(x)]] = 1
+        return out
+    return np.array([index.get(str(v), -1) if v is not None else -1 for v in values], dtype=np.int64)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Evaluate; returns the results dict on rank 0 ({} on other ranks). Writes results.json, plots, cache."""
+    t0 = time.perf_counter()
+    state = _dist_state()
+    out = out_dir(cfg)
+    cache_dir = out / "embeddings"
+    if state.is_main_process:
+        save_config(cfg, out)
+    manifest = _load_manifest(Path(cfg.data.shards))
+    fields = _fields(cfg, manifest)
+    from fashiontune.eval.model import fingerprint
+
+    fp = {"model": fingerprint(cfg.model), "shards": str(Path(cfg.data.shards).resolve()),
+          "split": cfg.data.split, "split_shards": manifest["splits"].get(cfg.data.split, {}).get("shards"),
+          "precision": cfg.precision.value, "templates": list(cfg.category.templates), "fields": sorted(fields)}
+    corpus, why = E.load_cache(cache_dir, fp) if cfg.cache else (None, "cache=false")
+    cached = corpus is not None
+    state.wait_for_everyone()
+    if not cached:
+        log.info("embedding split %s (%s)", cfg.data.split, why)
+        corpus = _embed(cfg, manifest, fields, state)
+        if state.is_main_process:
+            E.save_cache(corpus, cache_dir, fp)
+    t_embed = time.perf_counter() - t0
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+    results = score(cfg, corpus, fields, out)
+    results.update(
+        config_hash=config_hash(cfg), config=to_dict(cfg), split=cfg.data.split, items=len(corpus),
+        world_size=state.num_processes, embeddings_cached=cached,
+        seconds={"embed_or_load": round(t_embed, 3), "total": round(time.perf_counter() - t0, 3)},
+    )
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    table = format_table(results)
+    (out / "results.txt").write_text(table + "\n")
+    print(table, flush=True)
+    return results
+
+
+def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path) -> dict:
+    """All metrics from embeddings (fp32); no model needed."""
+    dev = None if cfg.retrieval.device == "auto" else cfg.retrieval.device
+    kw = dict(chunk_size=cfg.retrieval.chunk_size or None, memory_budget_bytes=cfg.retrieval.memory_budget_mb << 20,
+              device=dev)
+    img = torch.from_numpy(corpus.image).float()
+    res: dict = {"retrieval": {}, "category": {}, "classification": {}, "plots": []}
+    plots = out / "plots"
+    if cfg.retrieval.enabled and corpus.text is not None:
+        txt = torch.from_numpy(corpus.text).float()
+        k = max(max(cfg.retrieval.ks), cfg.plots.grid_k)
+        ranks = retrieval_ranks(img, txt, corpus.group_ids, corpus.captions, k=k, **kw)
+        res["retrieval"] = {d: rank_metrics(r.first_rank, cfg.retrieval.ks) for d, r in ranks.items()}
+        if cfg.plots.grid_queries > 0:
+            res["plots"].append(str(_grid(cfg, corpus, ranks["t2i"].topk_indices, plots / "topk_t2i.png")))
+    for f, spec in fields.items():
+        y = _targets(corpus, f, spec)
+        vocab = spec["vocab"]
+        prompts = corpus.prompts.get(f)
+        if cfg.category.enabled and prompts is not None:
+            res["category"][f] = category_metrics(torch.from_numpy(prompts), img, y, vocab, cfg.category.ks, **kw)
+        if cfg.classification.enabled and cfg.classification.zero_shot and prompts is not None:
+            logits = corpus.image @ prompts.T  # cosine similarity to each label prompt
+            res["classification"][f"{f}/zero_shot"] = _classify(cfg, f, y, logits, vocab, spec, plots, res)
+    return res
+
+
+def _classify(cfg, field, y, scores, vocab, spec, plots: Path, res) -> dict:
+    if spec.get("multi"):
+        labelled = y.any(1)
+        thr = cfg.classification.multi_label_threshold
+        source = "config"
+        if thr < 0:
+            thr, source = tune_threshold(scores[labelled], y[labelled]), "tuned on this split (optimistic)"
+        rep = multi_label_report(scores, y, vocab, threshold=thr, labelled=labelled)
+        rep["threshold_source"] = source
+        return rep
+    rep = single_label_report(scores, y, vocab)
+    if rep.get("items") and len(vocab) <= cfg.classification.max_confusion_classes:
+        res["plots"].append(str(confusion_png(rep["confusion_matrix"], vocab, plots / f"confusion_{field}_zero_shot.png",
+                                              title=f"{field} (zero-shot), acc {rep['accuracy']:.3f}")))
+    return rep
+
+
+def _grid(cfg: EvalConfig, corpus: E.Corpus, topk: torch.Tensor, path: Path) -> Path:
+    """Top-K images for a few text queries spread over the split; images re-read from the shards."""
+    n = len(corpus)
+    pool = [i for i, c in enumerate(corpus.captions) if c] or list(range(n))  # prefer queries with text
+    qs = sorted({pool[int(i)] for i in np.linspace(0, len(pool) - 1, min(cfg.plots.grid_queries, len(pool)))})
+    k = min(cfg.plots.grid_k, topk.shape[1])
+    want = {int(j) for q in qs for j in topk[q, :k]}
+    manifest = _load_manifest(Path(cfg.data.shards))
+    shards = E.split_shards(manifest, Path(cfg.data.shards), cfg.data.split)
+    images = {}
+    from PIL import Image
+    import io
+
+    for sh in shards:
+        if not any(sh.offset <= j < sh.offset + sh.count for j in want):
+            continue
+        for g, sample in E.iter_samples([sh], sh.offset, sh.offset + sh.count):
+            if g in want:
+                with Image.open(io.BytesIO(sample["jpg"])) as im:
+                    images[g] = im.convert("RGB").copy()
+                    images[g].thumbnail((128, 128))
+    rows = []
+    for q in qs:
+        hits = []
+        for j in topk[q, :k].tolist():
+            relevant = corpus.group_ids[j] == corpus.group_ids[q] or (
+                corpus.captions[j] == corpus.captions[q] != "")
+            hits.append((images.get(j), corpus.captions[j], relevant))
+        rows.append((corpus.captions[q] or f"<empty caption, {corpus.keys[q]}>", hits))
+    return topk_grid_png(rows, path, title=f"text -> image top-{k} ({cfg.data.split}, N={n}); green = relevant")

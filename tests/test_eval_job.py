@@ -1,0 +1,193 @@
+"""The evaluation job end to end on hand-written tiny shards and the random-init tiny model (ft-tiny-vit).
+
+Cost on one core: ~15 s to import open_clip + build the model once, ~1-3 s per run_eval on 13 items of 32 px;
+the 2-process test (accelerate launch, gloo) ~30-60 s and is marked `distributed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fashiontune.config import load_config
+from fashiontune.eval import embed as E
+from fashiontune.eval.config import EvalConfig
+from fashiontune.eval.retrieval import rank_metrics, retrieval_ranks
+
+ROOT = Path(__file__).resolve().parents[1]
+COLORS = ["red", "blue", "green"]
+TAGS = ["cotton", "denim", "striped"]
+
+
+def item(i: int) -> dict:
+    """13 items: products of 2 views (group p0..), some identical captions, some empty, missing labels."""
+    caption = ["", "red dress", "blue shirt", "red dress"][i % 4] if i % 5 else f"unique item {i}"
+    labels = {"color": COLORS[i % 3], "tags": sorted({TAGS[i % 3], TAGS[(i * 7) % 3]})}
+    if i % 6 == 5:
+        del labels["color"]  # a missing single-label value
+    return {"key": f"it{i:03d}", "group": f"p{i // 2}", "caption": caption, "labels": labels}
+
+
+def write_shards(root: Path, layout: dict[str, list[int]], image_px: int = 32) -> Path:
+    """Shards in the format of shards/README.md, written with webdataset's TarWriter + a manifest."""
+    import webdataset as wds
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    splits, i, counts = {}, 0, {"color": {}, "tags": {}}
+    for split, sizes in layout.items():
+        (root / split).mkdir(exist_ok=True)
+        entries = []
+        for s, size in enumerate(sizes):
+            name = f"{split}/shard-{s:06d}.tar"
+            with wds.TarWriter(str(root / name)) as tw:
+                for _ in range(size):
+                    it = item(i)
+                    img = Image.fromarray(rng.integers(0, 255, (image_px, image_px, 3), dtype=np.uint8))
+                    buf = io.BytesIO()
+                    img.save(buf, format="JPEG")
+                    meta = {"id": it["key"], "group_id": it["group"], "split": split, "labels": it["labels"]}
+                    tw.write({"__key__": it["key"], "jpg": buf.getvalue(), "txt": it["caption"],
+                              "json": json.dumps(meta).encode()})
+                    for f, v in it["labels"].items():
+                        for x in v if isinstance(v, list) else [v]:
+                            counts[f][x] = counts[f].get(x, 0) + 1
+                    i += 1
+            data = (root / name).read_bytes()
+            entries.append({"name": name, "count": size, "bytes": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()})
+        splits[split] = {"count": sum(sizes), "shards": entries}
+    manifest = {
+        "format": "fashiontune-shards", "builder_version": 1, "source": "handwritten", "input": "", "params": {},
+        "splits": splits,
+        "labels": {"color": {"multi": False, "vocab": COLORS, "counts": counts["color"]},
+                   "tags": {"multi": True, "vocab": TAGS, "counts": counts["tags"]}},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    # 13 test items in uneven shards (5, 1, 7): with batch_size 3 that is 5 batches, not divisible by 2 ranks
+    return write_shards(tmp_path_factory.mktemp("shards"), {"val": [4], "test": [5, 1, 7]})
+
+
+def cfg_for(shards: Path, out: Path, *extra: str) -> EvalConfig:
+    return load_config(EvalConfig, ROOT / "configs/eval/tiny.yaml",
+                       [f"data.shards={shards}", f"out_dir={out}", "data.batch_size=3", *extra])
+
+
+def strip(res: dict) -> dict:
+    """Results without what legitimately differs between runs (timings, cache flag, paths, world size)."""
+    return {k: v for k, v in res.items() if k not in ("seconds", "embeddings_cached", "config", "config_hash",
+                                                       "world_size", "plots")}
+
+
+def test_batch_range_partitions_every_item_once():
+    for total in (0, 1, 7, 13, 100):
+        for bs in (1, 3, 8):
+            for world in (1, 2, 3, 5):
+                ranges = [E.batch_range(total, bs, r, world) for r in range(world)]
+                got = [i for s, e in ranges for i in range(s, e)]
+                assert got == list(range(total)), (total, bs, world)
+                assert all(s % bs == 0 for s, e in ranges if e > s)  # batches aligned globally
+
+
+def test_run_eval_writes_results_plots_and_cache(shards, tmp_path):
+    from fashiontune.eval.run import run_eval
+
+    cfg = cfg_for(shards, tmp_path / "a")
+    res = run_eval(cfg)
+    out = tmp_path / "a"
+    assert res["items"] == 13 and json.loads((out / "results.json").read_text())["items"] == 13
+    assert set(res["retrieval"]) == {"t2i", "i2t"}
+    assert set(res["category"]) == {"color", "tags"}
+    assert set(res["classification"]) == {"color/zero_shot", "tags/zero_shot"}
+    assert res["classification"]["color/zero_shot"]["items"] == 13 - 2  # items 5 and 11 lack a color
+    for p in res["plots"]:
+        assert Path(p).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "plots" / "topk_t2i.png").is_file() and (out / "plots" / "confusion_color_zero_shot.png").is_file()
+    assert "retrieval" in (out / "results.txt").read_text()
+    # the cache holds the split in manifest order, and the metrics follow from it (exact recomputation)
+    keys = json.loads((out / "embeddings" / "items.json").read_text())["keys"]
+    assert keys == [f"it{i:03d}" for i in range(4, 17)]  # the val split holds it000..it003
+    img, txt = np.load(out / "embeddings/image.npy"), np.load(out / "embeddings/text.npy")
+    assert img.shape[0] == txt.shape[0] == 13 and np.allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+    items = [item(i) for i in range(4, 17)]
+    ranks = retrieval_ranks(torch.from_numpy(img), torch.from_numpy(txt), [x["group"] for x in items],
+                            [x["caption"] for x in items], k=50, device="cpu")
+    assert res["retrieval"]["t2i"] == rank_metrics(ranks["t2i"].first_rank, (1, 5, 10, 50))
+
+
+def test_cached_embeddings_give_same_results_without_reembedding(shards, tmp_path, monkeypatch):
+    from fashiontune.eval import run as R
+
+    cfg = cfg_for(shards, tmp_path / "c", "data.split=val")
+    fresh = R.run_eval(cfg)
+    assert fresh["embeddings_cached"] is False
+
+    def no_embedding(*a, **k):
+        raise AssertionError("re-embedded although the cache matches")
+
+    monkeypatch.setattr(R, "_embed", no_embedding)
+    again = R.run_eval(cfg)
+    assert again["embeddings_cached"] is True and strip(again) == strip(fresh)
+    # a different model (image size) invalidates the cache: it must embed again
+    with pytest.raises(AssertionError, match="re-embedded"):
+        R.run_eval(cfg_for(shards, tmp_path / "c", "data.split=val", "model.image_size=32"))
+
+
+def test_manifest_count_mismatch_is_an_error_naming_the_shard(shards, tmp_path):
+    from fashiontune.eval.run import run_eval
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    m = json.loads((shards / "manifest.json").read_text())
+    m["splits"]["val"]["shards"][0]["count"] = 5
+    m["splits"]["val"]["count"] = 5
+    (bad / "manifest.json").write_text(json.dumps(m))
+    (bad / "val").symlink_to(shards / "val")
+    with pytest.raises(E.ShardReadError, match=r"shard-000000.tar: manifest.json says 5 samples, the tar holds 4"):
+        run_eval(cfg_for(bad, tmp_path / "o", "data.split=val", "cache=false"))
+    with pytest.raises(E.ShardReadError, match="no split 'nope'"):
+        run_eval(cfg_for(shards, tmp_path / "o", "data.split=nope"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_two_processes_give_the_same_results_as_one(shards, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 jobs/eval.py` on CPU (torchrun underneath, gloo) vs one process: identical embeddings
+    (bit for bit: batches are globally aligned) and identical metrics, with 13 items in 5 batches of 3."""
+    from fashiontune.eval.run import run_eval
+
+    one = run_eval(cfg_for(shards, tmp_path / "one", "cache=false"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(ROOT / "jobs/eval.py"), "--config", str(ROOT / "configs/eval/tiny.yaml"),
+           f"data.shards={shards}", f"out_dir={tmp_path / 'two'}", "data.batch_size=3", "cache=false"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["world_size"] == 2 and two["items"] == 13
+    assert strip(two) == json.loads(json.dumps(strip(one)))
+    for f in ("image.npy", "text.npy", "prompts.color.npy"):
+        assert np.array_equal(np.load(tmp_path / "one/embeddings" / f), np.load(tmp_path / "two/embeddings" / f))
+    assert "retrieval" in proc.stdout
