@@ -35,5 +35,6 @@ class Skip:
     """An input a source could not turn into a Record (unparsable row, ...): one line of errors.jsonl."""
 
     id: str
-    path: str
-    reason: str
+    path: str  # the file (and `:line` for a row) the user should look at
+    reason: str  # short code counted in the manifest: unparsable_row, duplicate_id, ...
+    detail: str = ""  # what is wrong and how to fix it

@@ -118,7 +118,7 @@ def make_plan(records: Iterable[Record | Skip], input_dir: Path, params: dict) -
     for r in records:
         listed += 1
         if isinstance(r, Skip):
-            errors.append(_error(r.id, r.path, r.reason, str(getattr(r, "detail", "") or "")))
+            errors.append(_error(r.id, r.path, r.reason, r.detail))
             continue
         path = _resolve(r.image_path, input_dir)
         if not r.id or _BAD_ID.search(r.id):

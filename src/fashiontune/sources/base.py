@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -44,16 +43,12 @@ class Source:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
-class SourceSkip(Skip):
-    """A Skip with a human-readable `detail` (what is wrong, how to fix it); `reason` stays a short code
-    (unparsable_row, duplicate_id, ...) so the manifest can count errors by reason."""
-
-    detail: str = ""
+# Kept as a name for adapters and tests: a Skip always carries `detail` now (records.py).
+SourceSkip = Skip
 
 
-def skip(id: str, path: str, reason: str, detail: str = "") -> SourceSkip:
-    return SourceSkip(id=id, path=path, reason=reason, detail=detail)
+def skip(id: str, path: str, reason: str, detail: str = "") -> Skip:
+    return Skip(id=id, path=path, reason=reason, detail=detail)
 
 
 _SLASH = re.compile(r"[/\\]")
