@@ -4,7 +4,8 @@
    of 2 micro-batches per rank) gives, after DDP-style gradient averaging, the gradient of the
    single-process loss on the concatenated batch; the control without gradient through the gather
    (what accelerator.gather would give) does not;
-2. evaluation gathers ranks holding different numbers of rows and computes the same metrics as one
+2. gradual unfreezing works under one DDP wrapper (find_unused_parameters): frozen stages keep grad None;
+3. evaluation gathers ranks holding different numbers of rows and computes the same metrics as one
    process on all rows.
 
 Cost: ~15 s on 2 cores (two interpreters importing torch + open_clip)."""
@@ -20,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fashiontune.models import ModelConfig, load_clip
-from fashiontune.tasks import ContrastiveConfig, TaskConfig, TaskName, build_task
+from fashiontune.tasks import ContrastiveConfig, FreezeConfig, FreezeMode, TaskConfig, TaskName, build_task
 from test_tasks_synthetic import batch, manifest
 
 WORLD = 2
@@ -43,6 +44,31 @@ def _grads(task) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in task.module.named_parameters() if p.grad is not None}
 
 
+def _gradual_under_ddp(rank: int) -> list[tuple[bool, bool, bool]]:
+    """Gradual unfreezing under a real DDP wrapper built once: frozen stages get no gradient (None, so AdamW
+    leaves them alone), unfrozen ones get gradients that are identical on both ranks."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    task = build_task(TaskConfig(field="colour", freeze=FreezeConfig(mode=FreezeMode.gradual)), _tiny(), manifest(),
+                      rank, WORLD)
+    assert task.find_unused_parameters
+    task.module = DDP(task.core, find_unused_parameters=task.find_unused_parameters)
+    blocks = task.core.tower.transformer.resblocks
+    seen = []
+    for epoch in (0, 1, 2):
+        task.on_epoch_start(epoch)
+        task.module.zero_grad(set_to_none=True)
+        task.step([batch(4, seed=50 + rank)], lambda loss: loss.backward())
+        g0, g1 = blocks[0].attn.in_proj_weight.grad, blocks[1].attn.in_proj_weight.grad
+        for g in (g0, g1):
+            if g is not None:  # synchronised: every rank holds the average
+                both = [torch.zeros_like(g) for _ in range(WORLD)]
+                dist.all_gather(both, g)
+                assert torch.equal(both[0], both[1])
+        seen.append((g0 is not None, g1 is not None, task.core.heads["colour"].weight.grad is not None))
+    return seen
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD), OMP_NUM_THREADS="1")
@@ -63,6 +89,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         losses = [None] * WORLD
         dist.all_gather_object(losses, out_["loss"])
         result[key] = {"grads": grads, "losses": losses}
+    result["ddp_gradual"] = _gradual_under_ddp(rank)
     task = build_task(TaskConfig(field="colour"), _tiny(), manifest(), rank, WORLD)
     result["eval"] = task.evaluate(_eval_batches(rank), acc)
     result["eval_y_true"] = task.last_eval["colour"]["y_true"]
@@ -102,6 +129,8 @@ def test_distributed_contrastive_gradient_and_gathered_eval(tmp_path):
     bad = got["no_grad_gather"]["grads"]
     rel = max(float((bad[n] - ref[n]).norm() / ref[n].norm().clamp(min=1e-12)) for n in ref if "visual" in n)
     assert rel > 0.05
+
+    assert got["ddp_gradual"] == [(False, False, True), (False, True, True), (True, True, True)]
 
     one = build_task(TaskConfig(field="colour"), _tiny(), manifest())
     expect = one.evaluate([b for r in range(WORLD) for b in _eval_batches(r)])
