@@ -80,6 +80,18 @@ def test_ties_lower_index_wins_everywhere():
     assert res.topk_indices.tolist() == [[0, 1, 2]] * 10
 
 
+def test_chunked_topk_matches_brute_force_on_continuous_scores():
+    """No ties: the fast path (torch.topk's set, re-ordered) must equal the full sort too."""
+    g = torch.Generator().manual_seed(5)
+    q, c = torch.randn(40, 8, generator=g), torch.randn(300, 8, generator=g)
+    rel = torch.rand(40, 300, generator=g) < 0.02
+    res = chunked_rank(q, c, k=25, relevance=lambda s, e, dev: rel[s:e], chunk_size=9, device="cpu")
+    scores = (q.double() @ c.double().T).numpy()
+    order = brute_order(scores)
+    assert torch.equal(res.topk_indices, torch.from_numpy(order[:, :25]))
+    np.testing.assert_array_equal(res.first_rank.numpy(), brute_first_rank(scores, rel.numpy()))
+
+
 def test_k_larger_than_corpus_and_bad_shapes():
     res = chunked_rank(torch.randn(3, 4), torch.randn(2, 4), k=10, device="cpu")
     assert res.topk_indices.shape == (3, 2)

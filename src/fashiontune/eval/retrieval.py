@@ -58,21 +58,36 @@ def rank_metrics(ranks: np.ndarray | Tensor, ks: Sequence[int] = DEFAULT_KS) -> 
     return out
 
 
+class _Blocks:
+    """Items grouped by an integer code: the members of item i's code block, without an N x N anything."""
+
+    def __init__(self, code: np.ndarray):
+        order = np.argsort(code, kind="stable")
+        sorted_code = code[order]
+        first = np.searchsorted(sorted_code, code, side="left")
+        self.perm = torch.from_numpy(order)
+        self.start = torch.from_numpy(first)
+        self.count = torch.from_numpy(np.searchsorted(sorted_code, code, side="right") - first)
+
+    def pairs(self, s: int, e: int) -> tuple[Tensor, Tensor]:
+        cnt = self.count[s:e]
+        rows = torch.repeat_interleave(torch.arange(e - s), cnt)
+        offset = torch.arange(int(cnt.sum())) - torch.repeat_interleave(cnt.cumsum(0) - cnt, cnt)
+        return rows, self.perm[torch.repeat_interleave(self.start[s:e], cnt) + offset]
+
+
 class PairRelevance:
-    """relevant(i, j) = group_i == group_j or caption_i == caption_j, built per query chunk (O(chunk x N))."""
+    """relevant(i, j) = group_i == group_j or caption_i == caption_j, as sparse (row, col) pairs per query
+    chunk: O(relevant pairs), never N x N. Empty captions match nothing but themselves."""
 
     def __init__(self, group_ids: Sequence[str], captions: Sequence[str]):
         if len(group_ids) != len(captions):
             raise ValueError(f"{len(group_ids)} group ids but {len(captions)} captions")
-        self.g = torch.from_numpy(codes(group_ids))
-        self.c = torch.from_numpy(codes(captions, empty_unique=True))
-        self._on: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self.blocks = (_Blocks(codes(group_ids)), _Blocks(codes(captions, empty_unique=True)))
 
-    def __call__(self, s: int, e: int, device: torch.device) -> Tensor:
-        if device not in self._on:
-            self._on[device] = (self.g.to(device), self.c.to(device))
-        g, c = self._on[device]
-        return (g[s:e, None] == g[None, :]) | (c[s:e, None] == c[None, :])
+    def __call__(self, s: int, e: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        (r1, c1), (r2, c2) = (b.pairs(s, e) for b in self.blocks)
+        return torch.cat([r1, r2]).to(device), torch.cat([c1, c2]).to(device)
 
 
 def retrieval_ranks(
