@@ -169,6 +169,24 @@ def test_missing_labels_are_ignored_in_loss_and_metrics():
     assert len(task.last_eval["colour"]["y_true"]) == n_col and (task.last_eval["colour"]["y_true"] >= 0).all()
 
 
+def test_padding_rows_do_not_count():
+    """batch["valid"] False marks padding that keeps ranks in step: no loss, no gradient, not in metrics."""
+    loaded = tiny()
+    task = build_task(TaskConfig(name=TaskName.attributes, fields=["colour", "colours"]), loaded, manifest())
+    pad = batch(6, seed=1)
+    pad["valid"] = torch.zeros(6, dtype=torch.bool)
+    assert task.step([pad], backward)["loss"] == 0.0
+    assert all(float(g.abs().sum()) == 0 for g in grads(task.module).values())
+    real = batch(10, seed=2)
+    real["valid"] = torch.tensor([True] * 7 + [False] * 3)
+    res = task.evaluate([real, pad])
+    assert res["colour/count"] == 7 and res["colours/count"] == 7
+    ct = build_task(TaskConfig(name=TaskName.contrastive), loaded, manifest())
+    real_t, pad_t = batch(10, seed=2, tokenizer=loaded.tokenizer), batch(6, seed=1, tokenizer=loaded.tokenizer)
+    real_t["valid"], pad_t["valid"] = real["valid"], pad["valid"]
+    assert ct.evaluate([real_t, pad_t])["count"] == 7
+
+
 def test_freeze_schedules():
     loaded = tiny()
     task = build_task(TaskConfig(field="colour", freeze=FreezeConfig(mode=FreezeMode.gradual)), loaded, manifest())
@@ -257,7 +275,12 @@ def test_task_yamls_load_and_build():
     assert len(files) >= 6
     for f in files:
         cfg = load_config(TaskConfig, f)
-        assert cfg.name in TaskName
+        names = list(cfg.fields) or [cfg.field]
+        multi = cfg.name == TaskName.multilabel
+        m = {"source": "synthetic", "splits": {"train": {"count": 10}},
+             "labels": {n: {"multi": multi, "vocab": ["a_b", "c"], "counts": {"a_b": 4, "c": 6}} for n in names}}
+        task = build_task(cfg, tiny(), m)  # every shipped task config builds against shards with its fields
+        assert task.fields == ([] if cfg.name == TaskName.contrastive else names), f
 
 
 def test_metrics():

@@ -6,6 +6,10 @@ micro-batch without grad, then re-embed one micro-batch at a time with grad and 
 rest, so the k backward passes add up to the gradient of the one big-batch loss (the negatives of the whole
 accumulated batch are used). The logit scale takes its gradient from the first pass only; open_clip's
 trainer lets every pass add it, which multiplies that gradient by k.
+
+Padding rows (batch["valid"] False, the repeated samples that keep ranks in step at the end of an uneven
+exact epoch) train like DistributedSampler's padding does (the all-gather needs equal shapes on every
+rank); evaluation drops them.
 """
 
 from __future__ import annotations
@@ -113,11 +117,16 @@ class ContrastiveTask(Task):
         loss_sum, n = 0.0, 0
         for b in batches:
             img, txt, scale = self.module(b["image"].to(dev, non_blocking=True), b["text"].to(dev, non_blocking=True))
+            keep = b["valid"].to(img.device) if "valid" in b else torch.ones(img.shape[0], dtype=torch.bool, device=dev)
+            if not bool(keep.any()):
+                continue
+            img, txt = img[keep], txt[keep]
             loss_sum += float(self.eval_loss(img, txt, scale)) * img.shape[0]
             n += img.shape[0]
             imgs.append(img.float())
             txts.append(txt.float())
-            groups += list(b.get("group_id") or b.get("key") or [None] * img.shape[0])
+            ids = list(b.get("group_id") or b.get("key") or [None] * len(keep))
+            groups += [g for g, k in zip(ids, keep.tolist()) if k]
         self.module.train(was_training)
         D = self.core.clip.visual.output_dim
         img = gather_rows(accelerator, torch.cat(imgs) if imgs else torch.zeros(0, D, device=dev)).cpu()

@@ -197,12 +197,16 @@ class HeadsTask(Task):
         return ((n - pos).clamp(min=0.0) / pos.clamp(min=1.0)).clamp(1.0 / ml.max_pos_weight, ml.max_pos_weight)
 
     @staticmethod
-    def _valid(s: FieldSpec, y: Tensor) -> Tensor:
-        return (y >= 0).all(1) if s.multi else y >= 0
+    def _valid(s: FieldSpec, y: Tensor, batch: Optional[dict] = None) -> Tensor:
+        """Rows that count: the label is present, and the row is not padding (batch["valid"] False marks the
+        repeated samples that keep ranks in step at the end of an uneven exact epoch)."""
+        ok = (y >= 0).all(1) if s.multi else y >= 0
+        if batch is not None and "valid" in batch:
+            ok = ok & batch["valid"].to(ok.device)
+        return ok
 
-    def _loss_sum(self, s: FieldSpec, logits: Tensor, y: Tensor) -> Tensor:
+    def _loss_sum(self, s: FieldSpec, logits: Tensor, y: Tensor, valid: Tensor) -> Tensor:
         """Sum over valid items of the per-item loss (multi-label: mean over classes per item)."""
-        valid = self._valid(s, y)
         logits, y = logits[valid].float(), y[valid]
         if not s.multi:
             return F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.cfg.label_smoothing)
@@ -221,7 +225,7 @@ class HeadsTask(Task):
         dev = device_of(self.core)
         # normalise by the valid-label count of the whole accumulated batch, so k micro-batches give the
         # gradient of one big batch
-        totals = {s.name: sum(int(self._valid(s, mb["labels"][s.name]).sum()) for mb in micro_batches)
+        totals = {s.name: sum(int(self._valid(s, mb["labels"][s.name], mb).sum()) for mb in micro_batches)
                   for s in self.specs}
         logged = {s.name: 0.0 for s in self.specs}
         for mb in micro_batches:
@@ -229,7 +233,7 @@ class HeadsTask(Task):
             loss = 0.0
             for s in self.specs:
                 y = mb["labels"][s.name].to(dev, non_blocking=True)
-                part = self._loss_sum(s, out[head_key(s.name)], y) / max(totals[s.name], 1)
+                part = self._loss_sum(s, out[head_key(s.name)], y, self._valid(s, y, mb)) / max(totals[s.name], 1)
                 logged[s.name] += float(part.detach())
                 loss = loss + part / len(self.specs)
             backward(loss)
@@ -250,7 +254,10 @@ class HeadsTask(Task):
             out = self.module(b["image"].to(dev, non_blocking=True))
             for s in self.specs:
                 logits[s.name].append(out[head_key(s.name)].float())
-                labels[s.name].append(b["labels"][s.name].to(dev))
+                y = b["labels"][s.name].to(dev)
+                if "valid" in b:  # padding rows: mark their labels missing
+                    y = torch.where(self._valid(s, y, b).reshape(-1, *([1] * (y.dim() - 1))), y, torch.full_like(y, -1))
+                labels[s.name].append(y)
         self.module.train(was_training)
 
         results: dict[str, float] = {}
@@ -263,7 +270,7 @@ class HeadsTask(Task):
             lg, y = gather_rows(accelerator, lg), gather_rows(accelerator, y)
             valid = self._valid(s, y)
             n = int(valid.sum())
-            loss_total += float(self._loss_sum(s, lg, y)) / max(n, 1)
+            loss_total += float(self._loss_sum(s, lg, y, valid)) / max(n, 1)
             lg, y = lg[valid].cpu(), y[valid].cpu()
             if s.multi:
                 probs = torch.sigmoid(lg).numpy()
