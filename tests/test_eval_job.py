@@ -1,6 +1,7 @@
 """The evaluation job end to end on hand-written tiny shards and the random-init tiny model (ft-tiny-vit).
 
-Cost on one core: ~15 s to import open_clip + build the model once, ~1-3 s per run_eval on 13 items of 32 px;
+Cost on one core: ~15 s to import open_clip + build the model once, ~1-3 s per run_eval on 13 items of 32 px
+(5 runs + one tiny task export);
 the 2-process test (accelerate launch, gloo) ~30-60 s and is marked `distributed`.
 """
 
@@ -124,8 +125,9 @@ def test_run_eval_writes_results_plots_and_cache(shards, tmp_path):
     keys = json.loads((out / "embeddings" / "items.json").read_text())["keys"]
     assert keys == [f"it{i:03d}" for i in range(4, 17)]  # the val split holds it000..it003
     img, txt = np.load(out / "embeddings/image.npy"), np.load(out / "embeddings/text.npy")
-    assert img.shape[0] == txt.shape[0] == 13 and np.allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+    assert img.shape[0] == txt.shape[0] == 13 and np.allclose(np.linalg.norm(txt, axis=1), 1, atol=1e-5)
     items = [item(i) for i in range(4, 17)]
+    img = img / np.linalg.norm(img, axis=1, keepdims=True)  # raw image features are cached (for heads)
     ranks = retrieval_ranks(torch.from_numpy(img), torch.from_numpy(txt), [x["group"] for x in items],
                             [x["caption"] for x in items], k=50, device="cpu")
     assert res["retrieval"]["t2i"] == rank_metrics(ranks["t2i"].first_rank, (1, 5, 10, 50))
@@ -163,6 +165,37 @@ def test_manifest_count_mismatch_is_an_error_naming_the_shard(shards, tmp_path):
         run_eval(cfg_for(bad, tmp_path / "o", "data.split=val", "cache=false"))
     with pytest.raises(E.ShardReadError, match="no split 'nope'"):
         run_eval(cfg_for(shards, tmp_path / "o", "data.split=nope"))
+
+
+def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path):
+    """Train-side export (tasks: linear head for color, image_size 32) -> eval with model.checkpoint=<export>:
+    the head's accuracy equals what the task module itself predicts on the decoded test images."""
+    from PIL import Image
+
+    from fashiontune.eval.run import run_eval
+    from fashiontune.models import ModelConfig, load_clip
+    from fashiontune.tasks import build_task
+    from fashiontune.tasks.config import TaskConfig
+
+    manifest = json.loads((shards / "manifest.json").read_text())
+    torch.manual_seed(1)
+    loaded = load_clip(ModelConfig(name="ft-tiny-vit", image_size=32))
+    task = build_task(TaskConfig(field="color"), loaded, manifest)
+    task.export(tmp_path / "export")
+    res = run_eval(cfg_for(shards, tmp_path / "ev", f"model.checkpoint={tmp_path / 'export'}", "plots.grid_queries=0"))
+    rep = res["classification"]["color/classify"]
+    preds, truth = [], []
+    task.module.eval()
+    for _, sample in E.iter_samples(E.split_shards(manifest, shards, "test"), 0, 13):
+        _, _, _, labels = E.parse_sample(sample)
+        if "color" in labels:
+            with Image.open(io.BytesIO(sample["jpg"])) as im, torch.no_grad():
+                x = loaded.preprocess_val(im.convert("RGB")).unsqueeze(0)
+                preds.append(int(task.module(x)["color"].argmax()))
+            truth.append(COLORS.index(labels["color"]))
+    assert rep["items"] == len(truth) == 11
+    assert rep["accuracy"] == pytest.approx(np.mean(np.array(preds) == np.array(truth)))
+    assert (tmp_path / "ev/plots/confusion_color_classify.png").is_file()
 
 
 def _free_port() -> int:

@@ -46,7 +46,7 @@ class Corpus:
     group_ids: list[str]
     captions: list[str]
     labels: list[dict]  # raw {field: value | [values]} per item
-    image: np.ndarray  # N x d float32
+    image: np.ndarray  # N x d float32, raw image features (what exported heads take); normalise for cosine
     text: np.ndarray | None  # N x d float32, None for image-only models
     prompts: dict[str, np.ndarray] = field(default_factory=dict)  # field -> V x d label-prompt embeddings
 
@@ -149,7 +149,8 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def embed_range(loaded, shards, start, end, batch_size, num_workers, device, precision) -> dict:
-    """Embed items [start, end) of the split on this rank. Features are L2-normalised in fp32."""
+    """Embed items [start, end) of the split on this rank. Image features stay raw (unnormalised, fp32): exported
+    linear heads need them; scoring normalises. Text features are L2-normalised."""
     model = loaded.model.to(device).eval()
     has_text = bool(getattr(loaded, "has_text", loaded.tokenizer is not None))
     ds = RangeBatches(shards, start, end, batch_size, loaded.preprocess_val, loaded.tokenizer if has_text else None)
@@ -161,7 +162,7 @@ def embed_range(loaded, shards, start, end, batch_size, num_workers, device, pre
         with autocast(device, precision):
             img = _image_features(loaded, batch["image"].to(device))
             txt = model.encode_text(batch["text"].to(device)) if has_text else None
-        out["image"].append(torch.nn.functional.normalize(img.float(), dim=-1).cpu())
+        out["image"].append(img.float().cpu())
         if txt is not None:
             out["text"].append(torch.nn.functional.normalize(txt.float(), dim=-1).cpu())
     d = _out_dim(loaded)

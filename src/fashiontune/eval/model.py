@@ -34,6 +34,13 @@ def resolve_model_config(cfg) -> tuple[ModelConfig, Path | None]:
         else:
             base["name"] = info.get("name", base["name"])
             base["pretrained"] = str(p / OPEN_CLIP_WEIGHTS)
+            oc = p / "open_clip_config.json"  # sizes the model was trained at (e.g. a model.image_size override)
+            if oc.is_file():
+                mcfg = json.loads(oc.read_text()).get("model_cfg", {})
+                size = mcfg.get("vision_cfg", {}).get("image_size")
+                ctx = mcfg.get("text_cfg", {}).get("context_length")
+                base["image_size"] = base["image_size"] or (size if isinstance(size, int) else None)
+                base["context_length"] = base["context_length"] or (ctx if isinstance(ctx, int) else None)
         if not os.path.isfile(base["pretrained"]):
             raise ModelLoadError(f"model.checkpoint={ckpt}: {base['pretrained']} is missing; re-export the model.")
         return ModelConfig(**base), p

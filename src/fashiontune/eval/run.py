@@ -18,6 +18,7 @@ from fashiontune.config import config_hash, save_config, to_dict
 from fashiontune.eval import embed as E
 from fashiontune.eval.classification import multi_label_report, single_label_report, tune_threshold
 from fashiontune.eval.config import EvalConfig
+from fashiontune.eval.heads import head_logits, load_export_heads
 from fashiontune.eval.plots import confusion_png, topk_grid_png
 from fashiontune.eval.report import format_table
 from fashiontune.eval.retrieval import category_metrics, rank_metrics, retrieval_ranks
@@ -113,7 +114,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     fields = _fields(cfg, manifest)
     from fashiontune.eval.model import fingerprint
 
-    fp = {"model": fingerprint(cfg.model), "shards": str(Path(cfg.data.shards).resolve()),
+    fp = {"features": "raw-image/normalised-text", "model": fingerprint(cfg.model), "shards": str(Path(cfg.data.shards).resolve()),
           "split": cfg.data.split, "split_shards": manifest["splits"].get(cfg.data.split, {}).get("shards"),
           "precision": cfg.precision.value, "templates": list(cfg.category.templates), "fields": sorted(fields)}
     corpus, why = E.load_cache(cache_dir, fp) if cfg.cache else (None, "cache=false")
@@ -128,7 +129,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     state.wait_for_everyone()
     if not state.is_main_process:
         return {}
-    results = score(cfg, corpus, fields, out)
+    from fashiontune.eval.model import resolve_model_config
+
+    results = score(cfg, corpus, fields, out, resolve_model_config(cfg.model)[1])
     results.update(
         config_hash=config_hash(cfg), config=to_dict(cfg), split=cfg.data.split, items=len(corpus),
         world_size=state.num_processes, embeddings_cached=cached,
@@ -141,12 +144,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     return results
 
 
-def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path) -> dict:
-    """All metrics from embeddings (fp32); no model needed."""
+def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir: Path | None = None) -> dict:
+    """All metrics from embeddings (fp32) and exported heads; no model needed."""
     dev = None if cfg.retrieval.device == "auto" else cfg.retrieval.device
     kw = dict(chunk_size=cfg.retrieval.chunk_size or None, memory_budget_bytes=cfg.retrieval.memory_budget_mb << 20,
               device=dev)
-    img = torch.from_numpy(corpus.image).float()
+    img = torch.nn.functional.normalize(torch.from_numpy(corpus.image).float(), dim=-1)
     res: dict = {"retrieval": {}, "category": {}, "classification": {}, "plots": []}
     plots = out / "plots"
     if cfg.retrieval.enabled and corpus.text is not None:
@@ -163,25 +166,43 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path) -> dict:
         if cfg.category.enabled and prompts is not None:
             res["category"][f] = category_metrics(torch.from_numpy(prompts), img, y, vocab, cfg.category.ks, **kw)
         if cfg.classification.enabled and cfg.classification.zero_shot and prompts is not None:
-            logits = corpus.image @ prompts.T  # cosine similarity to each label prompt
-            res["classification"][f"{f}/zero_shot"] = _classify(cfg, f, y, logits, vocab, spec, plots, res)
+            logits = img.numpy() @ prompts.T  # cosine similarity to each label prompt
+            res["classification"][f"{f}/zero_shot"] = _classify(cfg, f, y, logits, vocab, spec, plots, res,
+                                                                "zero_shot")
+    exported = load_export_heads(export_dir) if cfg.classification.enabled and cfg.classification.heads else None
+    if exported is not None:
+        heads, meta = exported
+        for f, hspec in meta.get("fields", {}).items():
+            if f not in fields:
+                continue  # a field the manifest (or data.label_fields) does not have
+            # targets in the HEAD's vocabulary (by name), so heads trained on another build still line up
+            spec = {"vocab": hspec["vocab"], "multi": hspec.get("multi", False)}
+            y = _targets(corpus, f, spec)
+            logits = head_logits(heads, hspec, corpus.image)
+            if spec["multi"]:
+                logits = 1.0 / (1.0 + np.exp(-logits))  # probabilities, as the trained threshold expects
+            thr = hspec.get("threshold")
+            res["classification"][f"{f}/{meta.get('task', 'head')}"] = _classify(
+                cfg, f, y, logits, spec["vocab"], spec, plots, res, meta.get("task", "head"), threshold=thr)
     return res
 
 
-def _classify(cfg, field, y, scores, vocab, spec, plots: Path, res) -> dict:
+def _classify(cfg, field, y, scores, vocab, spec, plots: Path, res, method: str, threshold=None) -> dict:
     if spec.get("multi"):
         labelled = y.any(1)
         thr = cfg.classification.multi_label_threshold
         source = "config"
-        if thr < 0:
+        if thr < 0 and threshold is not None:
+            thr, source = threshold, "exported with the heads (tuned on validation in training)"
+        elif thr < 0:
             thr, source = tune_threshold(scores[labelled], y[labelled]), "tuned on this split (optimistic)"
         rep = multi_label_report(scores, y, vocab, threshold=thr, labelled=labelled)
         rep["threshold_source"] = source
         return rep
     rep = single_label_report(scores, y, vocab)
     if rep.get("items") and len(vocab) <= cfg.classification.max_confusion_classes:
-        res["plots"].append(str(confusion_png(rep["confusion_matrix"], vocab, plots / f"confusion_{field}_zero_shot.png",
-                                              title=f"{field} (zero-shot), acc {rep['accuracy']:.3f}")))
+        res["plots"].append(str(confusion_png(rep["confusion_matrix"], vocab, plots / f"confusion_{field}_{method}.png",
+                                              title=f"{field} ({method}), acc {rep['accuracy']:.3f}")))
     return rep
 
 
