@@ -25,15 +25,15 @@ RANDOM_AUG = transforms.Compose([transforms.RandomResizedCrop(6, scale=(0.3, 1.0
                                  transforms.ToTensor()])
 
 
-def _jpg(i: int) -> bytes:
+def _jpg(i: int, size: int = 8) -> bytes:
     buf = io.BytesIO()
-    im = Image.new("RGB", (8, 8), ((i * 37) % 256, (i * 11) % 256, 128))
-    im.paste((255, 255, 255), (0, 0, 4, 3))  # a corner block, so that crops and flips change pixels
+    im = Image.new("RGB", (size, size), ((i * 37) % 256, (i * 11) % 256, 128))
+    im.paste((255, 255, 255), (0, 0, size // 2, size * 3 // 8))  # a corner block: crops and flips change pixels
     im.save(buf, format="JPEG")
     return buf.getvalue()
 
 
-def write_shards(root: Path, shard_counts: list[int], label_of=None, split="train") -> Path:
+def write_shards(root: Path, shard_counts: list[int], label_of=None, split="train", size: int = 8) -> Path:
     """A shard directory in the documented format (shards/README.md): tars + manifest.json."""
     label_of = label_of or (lambda i: {"category": ["a", "b", "c"][i % 3]})
     (root / split).mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ def write_shards(root: Path, shard_counts: list[int], label_of=None, split="trai
                 labels = label_of(idx)
                 counts.update(v for v in labels.values() if isinstance(v, str))
                 meta = {"id": f"s{idx:04d}", "group_id": f"g{idx // 2}", "split": split, "labels": labels}
-                w.write({"__key__": f"s{idx:04d}", "jpg": _jpg(idx), "txt": f"item {idx}", "json": json.dumps(meta)})
+                w.write({"__key__": f"s{idx:04d}", "jpg": _jpg(idx, size), "txt": f"item {idx}", "json": json.dumps(meta)})
                 idx += 1
         shards.append({"name": name, "count": n, "bytes": 0, "sha256": ""})
     vocab = sorted(counts)
@@ -277,3 +277,24 @@ def test_missing_split_names_the_choices(uneven):
 def test_measure_loader_throughput(uneven):
     r = measure_loader_throughput(make_loader(cfg(uneven), train=True, transform=TO_TENSOR), warmup_batches=1)
     assert r["batches"] == 8 and r["samples"] == 32 and r["samples_per_s"] > 0
+
+
+def test_jpeg_draft_size_follows_the_transform(tmp_path):
+    from fashiontune.data.stream import draft_size
+
+    rrc = transforms.Compose([transforms.RandomResizedCrop(16, scale=(0.25, 1.0)), transforms.ToTensor()])
+    assert draft_size(rrc) == 32  # a quarter of the area needs twice the side
+    assert draft_size(transforms.Compose([transforms.Resize(24), transforms.CenterCrop(24)])) == 24
+    assert draft_size(TO_TENSOR) is None  # unknown first step: decode in full
+    # 64 px shards, a 16 px model: the training loader decodes at 1/4 scale (16 px), the same pictures
+    root = write_shards(tmp_path, [8], size=64)
+    resize = transforms.Compose([transforms.Resize(16), transforms.CenterCrop(16), transforms.ToTensor()])
+    seen = {}
+    for draft in (False, True):
+        ld = make_loader(cfg(root, jpeg_draft=draft, shuffle_buffer=0), train=True, transform=resize)
+        seen[draft] = next(iter(ld))["image"]
+        assert (ld.collate.draft == 16) is draft
+    assert seen[True].shape == seen[False].shape == (4, 3, 16, 16)
+    assert 0 < (seen[True] - seen[False]).abs().mean() < 0.03  # another downscaling filter, same content
+    val = make_loader(cfg(root, val_split="train"), train=False, transform=rrc)
+    assert val.collate.draft is None  # validation decodes in full, like the eval job

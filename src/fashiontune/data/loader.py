@@ -18,7 +18,7 @@ from fashiontune.data.config import DataConfig, EpochMode
 from fashiontune.data.labels import build_encoders
 from fashiontune.data.manifest import ManifestError, read_manifest, split_shards
 from fashiontune.data.plan import exact_worker_batches, resampled_worker_batches, round_robin_position
-from fashiontune.data.stream import Collator, ShardStream, iter_tar, sample_seed
+from fashiontune.data.stream import Collator, ShardStream, draft_size, iter_tar, sample_seed
 
 
 class ShardLoader:
@@ -51,7 +51,9 @@ class ShardLoader:
         self.batch_size = cfg.batch_size if train else (cfg.val_batch_size or cfg.batch_size)
         self.workers = max(cfg.workers, 1)  # logical workers: num_workers=0 reads as one worker in-process
         self.encoders = build_encoders(self.manifest, fields or cfg.label_fields)
-        self.collate = Collator(transform, self.encoders, tokenizer)
+        # Draft decoding only for training: validation decodes in full, like the eval job, so metrics agree.
+        draft = draft_size(transform) if cfg.jpeg_draft and train else None
+        self.collate = Collator(transform, self.encoders, tokenizer, draft)
         self.balancer = (
             ClassBalancer(self.manifest, cfg.balance_field, split, cfg.balance_power)
             if train and cfg.balance_field else None

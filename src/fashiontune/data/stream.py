@@ -10,12 +10,14 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
+from torchvision import transforms as T
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import shuffle as wds_shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
@@ -59,6 +61,21 @@ def seeded(seed: int, fn: Callable, *args: Any) -> Any:
         random.setstate(py_state)
 
 
+def draft_size(transform: Callable) -> int | None:
+    """The smallest decoded side that loses nothing for `transform`'s first geometric step, or None if unknown.
+
+    JPEG decoding at 1/2, 1/4 or 1/8 scale (PIL's draft mode) is much cheaper when shards are stored larger
+    than the model's input. A random-resized crop keeps at least `scale[0]` of the area, so the crop needs
+    size / sqrt(scale[0]) source pixels a side to stay sharp; a resize needs its target size."""
+    first = transform.transforms[0] if isinstance(transform, T.Compose) and transform.transforms else transform
+    if isinstance(first, T.RandomResizedCrop):
+        return math.ceil(max(first.size) / math.sqrt(max(first.scale[0], 1e-3)))
+    if isinstance(first, (T.Resize, T.CenterCrop)):
+        size = first.size
+        return size if isinstance(size, int) else max(size)
+    return None
+
+
 @dataclass
 class Collator:
     """Decoded samples -> the training batch dict of PLAN.md (plus "caption" strings and a "valid" mask)."""
@@ -66,11 +83,14 @@ class Collator:
     transform: Callable[[Image.Image], torch.Tensor]
     encoders: dict[str, LabelEncoder]
     tokenizer: Callable[[list[str]], torch.Tensor] | None = None
+    draft: int | None = None  # decode JPEGs at reduced scale when they are >= 2x this size (see draft_size)
 
     def decode(self, sample: dict, aug_seed: int | None = None) -> dict:
         meta = parse_meta(sample)
         try:
             with Image.open(io.BytesIO(sample["jpg"])) as im:
+                if self.draft and im.format == "JPEG":
+                    im.draft("RGB", (self.draft, self.draft))  # DCT-domain downscale, >= draft px a side
                 rgb = im.convert("RGB")
             image = self.transform(rgb) if aug_seed is None else seeded(aug_seed, self.transform, rgb)
         except KeyError as e:
