@@ -102,7 +102,7 @@ class StepRunner:
                     f"aborting. Lower optim.lr, raise schedule.warmup_steps, set optim.grad_clip, or use "
                     f"loop.precision=fp32/bf16 instead of fp16 (limit: loop.max_bad_steps={self.max_bad_steps})."
                 )
-            logs.update(skipped=1.0, grad_norm=float("nan"))
+            logs.update(skipped=1.0, grad_norm=float("nan"), loss=float("nan"))  # the loss this step saw
             return logs
 
         self.skipped_in_row = 0
