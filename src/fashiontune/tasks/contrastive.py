@@ -71,6 +71,8 @@ class ContrastiveTask(Task):
         self.fields = []
         self.core = ContrastiveModule(loaded.model)
         self.module = self.core
+        if getattr(loaded.model, "logit_bias", None) is not None:
+            loaded.model.logit_bias.requires_grad_(False)  # SigLIP-style bias: ClipLoss has no bias term
         if c.lock_text:
             loaded.model.lock_text_tower()
         if c.lock_image:
