@@ -151,6 +151,18 @@ def test_cached_embeddings_give_same_results_without_reembedding(shards, tmp_pat
         R.run_eval(cfg_for(shards, tmp_path / "c", "data.split=val", "model.image_size=32"))
 
 
+def test_cli_runs_and_names_a_bad_key(shards, tmp_path, capsys):
+    from fashiontune.cli import main
+
+    args = ["eval", "--config", str(ROOT / "configs/eval/tiny.yaml"), f"data.shards={shards}", "data.split=val",
+            f"out_dir={tmp_path / 'cli'}", "plots.grid_queries=0"]
+    assert main(args) == 0
+    assert "retrieval (full corpus" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cli/results.json").read_text())["items"] == 4
+    assert main([*args, "retrieval.kss=[1]"]) == 2
+    assert "Did you mean 'retrieval.ks'" in capsys.readouterr().err
+
+
 def test_manifest_count_mismatch_is_an_error_naming_the_shard(shards, tmp_path):
     from fashiontune.eval.run import run_eval
 
@@ -204,6 +216,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # ~60 s: two fresh interpreters import torch + open_clip
 @pytest.mark.distributed
 def test_two_processes_give_the_same_results_as_one(shards, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 jobs/eval.py` on CPU (torchrun underneath, gloo) vs one process: identical embeddings

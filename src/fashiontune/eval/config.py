@@ -1,7 +1,6 @@
 """Typed config of `fashiontune eval` (defaults <- configs/eval/<name>.yaml <- key=value overrides)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: fashiontune.config reads the field types to suggest valid keys.
 import enum
 from dataclasses import dataclass, field
 from typing import List
