@@ -298,3 +298,10 @@ def test_jpeg_draft_size_follows_the_transform(tmp_path):
     assert 0 < (seen[True] - seen[False]).abs().mean() < 0.03  # another downscaling filter, same content
     val = make_loader(cfg(root, val_split="train"), train=False, transform=rrc)
     assert val.collate.draft is None  # validation decodes in full, like the eval job
+
+
+def test_throughput_command(uneven, capsys):
+    from fashiontune.data.__main__ import main
+
+    assert main([str(uneven), "--workers", "0", "--batches", "3", "batch_size=4"]) == 0
+    assert "ft-tiny-vit train transform, batch 4, workers=0:" in capsys.readouterr().out

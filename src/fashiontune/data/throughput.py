@@ -28,3 +28,4 @@ def measure_loader_throughput(loader: Iterable[dict], max_batches: int | None = 
         "samples": n_samples,
         "seconds": seconds,
     }
+
