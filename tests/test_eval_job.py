@@ -151,6 +151,18 @@ def test_cached_embeddings_give_same_results_without_reembedding(shards, tmp_pat
         R.run_eval(cfg_for(shards, tmp_path / "c", "data.split=val", "model.image_size=32"))
 
 
+def test_decode_workers_keep_the_order(shards, tmp_path):
+    """data.num_workers=2: workers decode alternate batches, the DataLoader returns them round-robin, so the
+    embedded split is the same, in the same order, as with no workers."""
+    from fashiontune.eval.run import run_eval
+
+    a = run_eval(cfg_for(shards, tmp_path / "w0", "plots.grid_queries=0"))
+    b = run_eval(cfg_for(shards, tmp_path / "w2", "plots.grid_queries=0", "data.num_workers=2"))
+    assert strip(a) == strip(b)
+    for f in ("items.json", "image.npy"):
+        assert (tmp_path / "w0/embeddings" / f).read_bytes() == (tmp_path / "w2/embeddings" / f).read_bytes()
+
+
 def test_cli_runs_and_names_a_bad_key(shards, tmp_path, capsys):
     from fashiontune.cli import main
 

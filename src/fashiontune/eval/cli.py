@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from fashiontune.eval.config import EvalConfig
     from fashiontune.eval.run import run_eval
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("fashiontune").setLevel(logging.INFO)  # ours, without open_clip's INFO chatter
     cfg = load_config(EvalConfig, args.config, args.overrides)
     run_eval(cfg)
     return 0
