@@ -269,6 +269,17 @@ def test_manifest_count_mismatch_is_an_error(tmp_path):
         keys_of(make_loader(cfg(root, shuffle_shards=False), train=True, transform=TO_TENSOR))
 
 
+def test_undecodable_image_names_shard_and_key(tmp_path):
+    (tmp_path / "train").mkdir()
+    with wds.TarWriter(str(tmp_path / "train/shard-000000.tar")) as w:
+        w.write({"__key__": "bad1", "jpg": b"not a jpeg", "txt": "", "json": json.dumps({"labels": {}})})
+    manifest = {"format": "fashiontune-shards", "builder_version": 1, "labels": {},
+                "splits": {"train": {"count": 1, "shards": [{"name": "train/shard-000000.tar", "count": 1}]}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="shard-000000.tar: sample 'bad1': the image cannot be decoded"):
+        keys_of(make_loader(cfg(tmp_path), train=True, transform=TO_TENSOR))
+
+
 def test_missing_split_names_the_choices(uneven):
     with pytest.raises(ValueError, match="no split 'val'.*train"):
         make_loader(cfg(uneven), train=False, transform=TO_TENSOR)
@@ -286,6 +297,7 @@ def test_jpeg_draft_size_follows_the_transform(tmp_path):
     assert draft_size(rrc) == 32  # a quarter of the area needs twice the side
     assert draft_size(transforms.Compose([transforms.Resize(24), transforms.CenterCrop(24)])) == 24
     assert draft_size(TO_TENSOR) is None  # unknown first step: decode in full
+    assert draft_size(transforms.Compose([transforms.CenterCrop(24), transforms.ToTensor()])) is None
     # 64 px shards, a 16 px model: the training loader decodes at 1/4 scale (16 px), the same pictures
     root = write_shards(tmp_path, [8], size=64)
     resize = transforms.Compose([transforms.Resize(16), transforms.CenterCrop(16), transforms.ToTensor()])

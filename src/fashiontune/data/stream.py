@@ -65,12 +65,12 @@ def draft_size(transform: Callable) -> int | None:
     """The smallest decoded side that loses nothing for `transform`'s first geometric step, or None if unknown.
 
     JPEG decoding at 1/2, 1/4 or 1/8 scale (PIL's draft mode) is much cheaper when shards are stored larger
-    than the model's input. A random-resized crop keeps at least `scale[0]` of the area, so the crop needs
+    than the model's input. Only scale-free first steps qualify. A random-resized crop keeps at least `scale[0]` of the area, so the crop needs
     size / sqrt(scale[0]) source pixels a side to stay sharp; a resize needs its target size."""
     first = transform.transforms[0] if isinstance(transform, T.Compose) and transform.transforms else transform
     if isinstance(first, T.RandomResizedCrop):
         return math.ceil(max(first.size) / math.sqrt(max(first.scale[0], 1e-3)))
-    if isinstance(first, (T.Resize, T.CenterCrop)):
+    if isinstance(first, T.Resize):  # (not a plain crop: on a smaller decode it would cover more of the picture)
         size = first.size
         return size if isinstance(size, int) else max(size)
     return None
@@ -87,14 +87,17 @@ class Collator:
 
     def decode(self, sample: dict, aug_seed: int | None = None) -> dict:
         meta = parse_meta(sample)
+        where = f"{sample.get('__url__')}: sample {sample['__key__']!r}"
+        if "jpg" not in sample:
+            raise ManifestError(f"{where} has no .jpg member; rebuild the shards with `fashiontune shards build`.")
         try:
             with Image.open(io.BytesIO(sample["jpg"])) as im:
                 if self.draft and im.format == "JPEG":
                     im.draft("RGB", (self.draft, self.draft))  # DCT-domain downscale, >= draft px a side
                 rgb = im.convert("RGB")
-            image = self.transform(rgb) if aug_seed is None else seeded(aug_seed, self.transform, rgb)
-        except KeyError as e:
-            raise ManifestError(f"{sample.get('__url__')}: sample {sample['__key__']!r} has no .jpg member.") from e
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors
+            raise ManifestError(f"{where}: the image cannot be decoded ({e}); run `fashiontune shards verify`.") from e
+        image = self.transform(rgb) if aug_seed is None else seeded(aug_seed, self.transform, rgb)
         return {
             "image": image,
             "caption": sample.get("txt", b"").decode("utf-8"),
@@ -197,13 +200,17 @@ class ShardStream(IterableDataset):
             raw = wds_shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)(iter(raw))
         # Exact: the slot's range ends the stream (the last batch may be partial unless dropped: n says so).
         # Resampled: the stream is endless and n full batches are taken.
-        raw = itertools.islice(raw, skip * self.batch_size, n * self.batch_size)
+        first = skip * self.batch_size
+        raw = itertools.islice(raw, first, n * self.batch_size)
         items: list[dict] = []
-        for sample in raw:
-            aug = sample_seed(self.seed, self.epoch, sample["__key__"]) if self.seeded_augment else None
+        for pos, sample in enumerate(raw, first):
+            aug = None
+            if self.seeded_augment:  # exact: by key (layout-free); resampled: by draw, as a key may recur
+                tag = sample["__key__"] if self.mode == EpochMode.exact else f"{self.rank}:{worker}:{pos}"
+                aug = sample_seed(self.seed, self.epoch, tag)
             items.append(self.collate.decode(sample, aug))
             if len(items) == self.batch_size:
                 yield self.collate(items)
                 items = []
-        if items and self.mode == EpochMode.exact and n * self.batch_size > 0:
+        if items:  # exact mode's partial last batch (resampled takes whole batches)
             yield self.collate(items)
