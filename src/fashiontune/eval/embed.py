@@ -243,14 +243,24 @@ def save_cache(corpus: Corpus, cache_dir: Path, fingerprint: dict) -> None:
     (cache_dir / "meta.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
 
 
+def cache_matches(cache_dir: Path, fingerprint: dict) -> tuple[bool, str]:
+    """(True, "") when a complete cache made for this fingerprint exists, else (False, why not). Cheap: every
+    rank can ask, only the scoring rank loads the arrays."""
+    if not all((cache_dir / f).is_file() for f in CACHE_FILES):
+        return False, "no complete cache"
+    old = json.loads((cache_dir / "meta.json").read_text())
+    new = json.loads(json.dumps(fingerprint, sort_keys=True))
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return False, f"cache made with different {', '.join(diff)}"
+    return True, ""
+
+
 def load_cache(cache_dir: Path, fingerprint: dict) -> tuple[Corpus | None, str]:
     """(corpus, "") when the cache matches the fingerprint, else (None, why not)."""
-    if not all((cache_dir / f).is_file() for f in CACHE_FILES):
-        return None, "no complete cache"
-    old = json.loads((cache_dir / "meta.json").read_text())
-    if old != json.loads(json.dumps(fingerprint, sort_keys=True)):
-        diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-        return None, f"cache made with different {', '.join(diff)}"
+    ok, why = cache_matches(cache_dir, fingerprint)
+    if not ok:
+        return None, why
     items = json.loads((cache_dir / "items.json").read_text())
     text = cache_dir / "text.npy"
     return Corpus(

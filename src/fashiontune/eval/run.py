@@ -117,9 +117,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     fp = {"features": "raw-image/normalised-text", "model": fingerprint(cfg.model), "shards": str(Path(cfg.data.shards).resolve()),
           "split": cfg.data.split, "split_shards": manifest["splits"].get(cfg.data.split, {}).get("shards"),
           "precision": cfg.precision.value, "templates": list(cfg.category.templates), "fields": sorted(fields)}
-    corpus, why = E.load_cache(cache_dir, fp) if cfg.cache else (None, "cache=false")
-    cached = corpus is not None
-    state.wait_for_everyone()
+    cached, why = E.cache_matches(cache_dir, fp) if cfg.cache else (False, "cache=false")
+    state.wait_for_everyone()  # every rank has decided before rank 0 may overwrite the cache
+    corpus = None
+    if cached and state.is_main_process:
+        corpus, why = E.load_cache(cache_dir, fp)
+        log.info("scoring cached embeddings from %s", cache_dir)
     if not cached:
         log.info("embedding split %s (%s)", cfg.data.split, why)
         corpus = _embed(cfg, manifest, fields, state)
@@ -152,7 +155,9 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
     img = torch.nn.functional.normalize(torch.from_numpy(corpus.image).float(), dim=-1)
     res: dict = {"retrieval": {}, "category": {}, "classification": {}, "plots": []}
     plots = out / "plots"
-    if cfg.retrieval.enabled and corpus.text is not None:
+    if cfg.retrieval.enabled and corpus.text is not None and not any(corpus.captions):
+        res["retrieval_skipped"] = "every caption of the split is empty: no text queries to score"
+    elif cfg.retrieval.enabled and corpus.text is not None:
         txt = torch.from_numpy(corpus.text).float()
         k = max(max(cfg.retrieval.ks), cfg.plots.grid_k)
         ranks = retrieval_ranks(img, txt, corpus.group_ids, corpus.captions, k=k, **kw)
