@@ -135,7 +135,7 @@ class ShardLoader:
                 self._stream(skip), batch_size=None, num_workers=workers, pin_memory=self.cfg.pin_memory,
                 prefetch_factor=self.cfg.prefetch_factor if workers else None, persistent_workers=False,
                 # its own generator: DataLoader would otherwise draw worker seeds from the training RNG
-                generator=torch.Generator().manual_seed(hash((self.cfg.seed, self.epoch, self.rank)) & (2**62)),
+                generator=torch.Generator().manual_seed(hash((self.cfg.seed, self.epoch, self.rank)) % 2**62),
             )
             for batch in dl:
                 self._consumed += 1
