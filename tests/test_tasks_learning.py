@@ -1,14 +1,17 @@
 """Every task learns: a direct optimisation loop (AdamW) over task.step on the colour-coded synthetic images
 of test_tasks_synthetic, evaluated on 128 held-out images. Random-init tiny ViT CLIP at 32 px.
 
-Stated margins (chance in brackets), all measured at 1.0 when written:
+Stated margins (chance in brackets). Measured when written (before -> after): classify 0.27 -> 1.0,
+gradual 0.27 -> 0.95, linear probe 0.27 -> 1.0, resnet18 0.39 -> 1.0, labeltext 0.28 -> 1.0, multilabel macro
+F1 0.61 -> 1.0 (mAP 0.46 -> 1.0), attributes 0.27 / 0.47 -> 1.0 / 1.0, contrastive mean R@1 0.09 -> 1.0,
+zero-shot 0.52 (untrained) -> 1.0.
   classify (full / gradual / linear probe)  accuracy >= 0.90   [0.25]   40 steps × 32 (gradual 45)
   classify on timm resnet18 (image-only baseline)  accuracy >= 0.90   [0.25]   20 steps × 32
   labeltext                                                  accuracy >= 0.90   [0.25]   40 steps × 32
   multilabel (freeze-then-unfreeze)  macro F1 >= 0.90  [0.61 = predict every colour]       40 steps × 32
   attributes (colour + shape)        accuracy >= 0.90 per field  [0.25 / 0.33]            40 steps × 32
   contrastive                        mean R@1 >= 0.90  [~0.1 before training]              50 steps × 32
-  zeroshot on that contrastive model accuracy >= 0.90; on the untrained model < 0.60       0 steps
+  zeroshot on that contrastive model accuracy >= 0.90 and >= untrained + 0.30             0 steps
 The loop helper's end-to-end tests do the same through shards, the data pipeline and `fashiontune train`.
 
 Cost: ~40 s on 2 cores (~3 s per head task, ~12 s contrastive)."""
@@ -97,4 +100,4 @@ def test_contrastive_learns_and_zero_shot_follows():
     assert sum(losses[-5:]) < sum(losses[:5])
 
     zs_after = held_out(build_task(zs_cfg, loaded, manifest()))["accuracy"]
-    assert zs_before < 0.6 and zs_after >= 0.9, (zs_before, zs_after)
+    assert zs_after >= 0.9 and zs_after > zs_before + 0.3, (zs_before, zs_after)
