@@ -187,17 +187,17 @@ def _out_dim(loaded) -> int:
 
 @torch.no_grad()
 def embed_prompts(loaded, class_names: Sequence[str], templates: Sequence[str], device, precision) -> np.ndarray:
-    """One L2-normalised text embedding per class: the mean of its templated prompts (CLIP's zero-shot
-    classifier recipe, as in open_clip.build_zero_shot_classifier)."""
+    """V x d label-prompt embeddings: open_clip's zero-shot classifier (mean of the normalised template
+    embeddings, renormalised), with labels written as the training tasks write them ("_" -> " ")."""
+    import open_clip
+
+    if not class_names:
+        return np.zeros((0, _out_dim(loaded)), np.float32)
     model = loaded.model.to(device).eval()
-    rows = []
-    for name in class_names:
-        tokens = loaded.tokenizer([t.format(name) for t in templates]).to(device)
-        with autocast(device, precision):
-            e = model.encode_text(tokens)
-        e = torch.nn.functional.normalize(e.float(), dim=-1).mean(0)
-        rows.append(torch.nn.functional.normalize(e, dim=-1).cpu())
-    return torch.stack(rows).numpy() if rows else np.zeros((0, _out_dim(loaded)), np.float32)
+    names = [str(c).replace("_", " ").strip() for c in class_names]  # = fashiontune.tasks.base.label_text
+    with autocast(device, precision):
+        w = open_clip.build_zero_shot_classifier(model, loaded.tokenizer, names, list(templates), device=device)
+    return torch.nn.functional.normalize(w.T.float(), dim=-1).cpu().numpy()
 
 
 # --------------------------------------------------------------------------- gather across ranks
