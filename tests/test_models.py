@@ -129,6 +129,15 @@ def test_timm_backbones_random_init_and_local_file(name, dim, stages, tmp_path):
     from PIL import Image
 
     assert m.preprocess_val(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+    # partial freezing cuts the graph right before the last stage
+    names = {id(mod): n for n, mod in m.visual.named_modules()}
+    assert names[id(image_stages(m.visual)[-1])] == ("layer4" if name == "resnet18" else "blocks.11")
+    fr = StageFreezer(m.visual)
+    fr.set_trainable(1)
+    m.model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is None for p in fr.stages[0].parameters())
+    assert all(p.grad is not None for p in fr.stages[-1].parameters())
+    fr.set_trainable(len(fr.stages))
     path = export_model(m, tmp_path)
     cfg.pretrained = str(path)
     m2 = load_clip(cfg)

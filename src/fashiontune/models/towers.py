@@ -24,8 +24,11 @@ def _timm_stages(model: nn.Module) -> list[nn.Module]:
     ordered = [names for gid, names in sorted(groups.items()) if gid != 0]  # group 0 is the stem
     stages: list[nn.Module] = []
     for names in ordered:
-        prefix = os.path.commonprefix([n.split(".") for n in names])
-        path = ".".join(prefix) if prefix else names[0].split(".")[0]
+        # a group's entry module: the common prefix of its names under the first name's top-level module
+        # (the last group also holds trailing modules, e.g. ViT's final "norm", that are not part of a stage)
+        top = names[0].split(".")[0]
+        prefix = os.path.commonprefix([n.split(".") for n in names if n.split(".")[0] == top])
+        path = ".".join(prefix)
         try:
             mod = model.get_submodule(path)
         except AttributeError:
