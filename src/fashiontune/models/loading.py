@@ -122,7 +122,14 @@ def _load_open_clip(cfg: ModelConfig) -> LoadedModel:
         ) from e
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    tokenizer = open_clip.get_tokenizer(name, context_length=cfg.context_length, cache_dir=cfg.cache_dir)
+    try:  # HF-tokenizer models (SigLIP, hf text towers) fetch their tokenizer too
+        tokenizer = open_clip.get_tokenizer(name, context_length=cfg.context_length, cache_dir=cfg.cache_dir)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelLoadError(
+            f"open_clip model '{name}': its tokenizer could not be loaded ({str(e).splitlines()[0][:300]}). "
+            f"Fetch it into model.cache_dir on a machine with network, or use a model with open_clip's built-in "
+            f"tokenizer (e.g. model.name=ViT-B-32, or the tiny {', '.join(TINY_MODELS)})."
+        ) from e
     model_cfg = open_clip.get_model_config(name) if schema is None else None
     if model_cfg is None and schema == "local-dir":
         model_cfg = open_clip.factory.get_model_config(name)
