@@ -70,6 +70,9 @@ class PromptHead(nn.Module):
 
     def forward(self, feats: Tensor, encode_text: Optional[Callable] = None) -> Tensor:
         w = self.label_embeddings(encode_text)
+        if self.mode == TextMode.tower and not self.training:
+            # what export writes under ZeRO-3, where the text tower cannot be run outside a collective forward
+            self.last_label_emb = w.detach().float().cpu()
         logits = self.logit_scale.clamp(max=LOG_SCALE_MAX).exp() * F.normalize(feats, dim=-1) @ w.T.to(feats.dtype)
         return logits if self.logit_bias is None else logits + self.logit_bias
 
@@ -310,7 +313,9 @@ class HeadsTask(Task):
         for s in self.specs:  # prompt heads: store the label embeddings in use, so no text tower is needed
             h = self.core.heads[head_key(s.name)]
             if isinstance(h, PromptHead):
-                heads[f"{head_key(s.name)}.emb"] = h.label_embeddings(clip.encode_text if clip is not None else None)
+                cached = getattr(h, "last_label_emb", None) if state_dict is not None else None
+                emb = cached if cached is not None else h.label_embeddings(clip.encode_text if clip is not None else None)
+                heads[f"{head_key(s.name)}.emb"] = emb
         meta = {
             "task": self.name,
             "model": self.loaded.name,
