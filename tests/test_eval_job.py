@@ -191,11 +191,14 @@ def test_manifest_count_mismatch_is_an_error_naming_the_shard(shards, tmp_path):
         run_eval(cfg_for(shards, tmp_path / "o", "data.split=nope"))
 
 
-def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path):
-    """Train-side export (tasks: linear head for color, image_size 32) -> eval with model.checkpoint=<export>:
-    the head's accuracy equals what the task module itself predicts on the decoded test images."""
+@pytest.mark.parametrize("task_name,field", [("classify", "color"), ("labeltext", "color"), ("multilabel", "tags")])
+def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path, task_name, field):
+    """Train-side export (fashiontune.tasks at image_size 32: linear head, label-prompt head, multi-label head)
+    -> eval with model.checkpoint=<export>: the report equals the one computed from the task module's own
+    outputs on the decoded test images (multi-label at the threshold exported with the head)."""
     from PIL import Image
 
+    from fashiontune.eval.classification import multi_label_report, single_label_report
     from fashiontune.eval.run import run_eval
     from fashiontune.models import ModelConfig, load_clip
     from fashiontune.tasks import build_task
@@ -204,22 +207,31 @@ def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path):
     manifest = json.loads((shards / "manifest.json").read_text())
     torch.manual_seed(1)
     loaded = load_clip(ModelConfig(name="ft-tiny-vit", image_size=32))
-    task = build_task(TaskConfig(field="color"), loaded, manifest)
+    task = build_task(TaskConfig(name=task_name, field=field), loaded, manifest)
     task.export(tmp_path / "export")
     res = run_eval(cfg_for(shards, tmp_path / "ev", f"model.checkpoint={tmp_path / 'export'}", "plots.grid_queries=0"))
-    rep = res["classification"]["color/classify"]
-    preds, truth = [], []
+    rep = res["classification"][f"{field}/{task_name}"]
+    vocab = manifest["labels"][field]["vocab"]
+    scores, truth = [], []
     task.module.eval()
     for _, sample in E.iter_samples(E.split_shards(manifest, shards, "test"), 0, 13):
         _, _, _, labels = E.parse_sample(sample)
-        if "color" in labels:
-            with Image.open(io.BytesIO(sample["jpg"])) as im, torch.no_grad():
-                x = loaded.preprocess_val(im.convert("RGB")).unsqueeze(0)
-                preds.append(int(task.module(x)["color"].argmax()))
-            truth.append(COLORS.index(labels["color"]))
-    assert rep["items"] == len(truth) == 11
-    assert rep["accuracy"] == pytest.approx(np.mean(np.array(preds) == np.array(truth)))
-    assert (tmp_path / "ev/plots/confusion_color_classify.png").is_file()
+        with Image.open(io.BytesIO(sample["jpg"])) as im, torch.no_grad():
+            scores.append(task.module(loaded.preprocess_val(im.convert("RGB")).unsqueeze(0))[field][0].numpy())
+        value = labels.get(field)
+        truth.append([int(v in value) for v in vocab] if field == "tags" else
+                     (vocab.index(value) if value is not None else -1))
+    if field == "tags":
+        probs = 1 / (1 + np.exp(-np.array(scores)))
+        ref = multi_label_report(probs, np.array(truth), vocab, threshold=task.thresholds[field])
+        keys = ("micro_f1", "macro_f1", "mAP", "exact_match")
+    else:
+        ref = single_label_report(np.array(scores), np.array(truth), vocab)
+        keys = ("accuracy", "macro_f1", "weighted_f1")
+        assert (tmp_path / f"ev/plots/confusion_{field}_{task_name}.png").is_file()
+    assert rep["items"] == ref["items"] == (13 if field == "tags" else 11)
+    for k in keys:
+        assert rep[k] == pytest.approx(ref[k], abs=1e-6), k
 
 
 def _free_port() -> int:

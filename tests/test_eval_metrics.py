@@ -248,3 +248,17 @@ def test_tune_threshold_finds_best_f1():
         assert skm.f1_score(y[:, i], (s[:, i] >= tc[i]).astype(int)) == pytest.approx(best_i)
     assert multi_label_report(s, y, list("abcd"), threshold=tc)["macro_f1"] >= \
         multi_label_report(s, y, list("abcd"), threshold=0.5)["macro_f1"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_scoring_equals_cpu_scoring():
+    # exact-arithmetic data: CPU BLAS and cuBLAS (even with TF32) produce the same bits, so ties agree too
+    c = exact_embeddings(500, 8, 9, dup_every=2)
+    groups = [f"g{i // 4}" for i in range(500)]
+    caps = [f"c{i % 37}" for i in range(500)]
+    cpu = retrieval_ranks(c, c, groups, caps, k=20, chunk_size=50, device="cpu")
+    gpu = retrieval_ranks(c, c, groups, caps, k=20, chunk_size=50, device="cuda")
+    for d in ("t2i", "i2t"):
+        assert torch.equal(cpu[d].topk_indices, gpu[d].topk_indices)
+        assert torch.equal(cpu[d].first_rank, gpu[d].first_rank)
