@@ -37,7 +37,7 @@ class RetrievalConfig:
     enabled: bool = True
     ks: List[int] = field(default_factory=lambda: [1, 5, 10, 50])
     chunk_size: int = 0  # queries per chunk; 0 = as many as fit in memory_budget_mb
-    memory_budget_mb: int = 1024  # working set of one query chunk (chunk x N pairs)
+    memory_budget_mb: int = 0  # working set of one query chunk (chunk x N pairs); 0 = 1 GiB on CPU, GPU: free/4 <= 8 GiB
     device: str = "auto"  # auto = cuda when present, else cpu
 
 

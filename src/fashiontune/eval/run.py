@@ -150,7 +150,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir: Path | None = None) -> dict:
     """All metrics from embeddings (fp32) and exported heads; no model needed."""
     dev = None if cfg.retrieval.device == "auto" else cfg.retrieval.device
-    kw = dict(chunk_size=cfg.retrieval.chunk_size or None, memory_budget_bytes=cfg.retrieval.memory_budget_mb << 20,
+    kw = dict(chunk_size=cfg.retrieval.chunk_size or None, memory_budget_bytes=(cfg.retrieval.memory_budget_mb << 20) or None,
               device=dev)
     img = torch.nn.functional.normalize(torch.from_numpy(corpus.image).float(), dim=-1)
     res: dict = {"retrieval": {}, "category": {}, "classification": {}, "plots": []}

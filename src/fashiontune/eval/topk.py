@@ -35,6 +35,14 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def default_budget(device: torch.device) -> int:
+    """Working-set budget: 1 GiB on CPU; on a GPU a quarter of the free memory, at most 8 GiB."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(8 << 30, free // 4))
+    return 1 << 30
+
+
 def auto_chunk_size(n_candidates: int, memory_budget_bytes: int, n_queries: int) -> int:
     """Largest query chunk whose working set (chunk x N pairs) fits in the budget."""
     per_row = max(1, n_candidates) * _BYTES_PER_PAIR
@@ -114,7 +122,7 @@ def chunked_rank(
     relevance: RelevanceFn | None = None,
     *,
     chunk_size: int | None = None,
-    memory_budget_bytes: int = 1 << 30,
+    memory_budget_bytes: int | None = None,
     device: torch.device | str | None = None,
 ) -> RankResult:
     """Score Q queries against N candidates (dot product in fp32: pass L2-normalised embeddings for cosine).
@@ -132,7 +140,7 @@ def chunked_rank(
         raise ValueError("embeddings contain NaN/inf: the model produced non-finite features")
     q_total, n = queries.shape[0], cand.shape[0]
     k = min(k, n)
-    chunk = chunk_size or auto_chunk_size(n, memory_budget_bytes, q_total)
+    chunk = chunk_size or auto_chunk_size(n, memory_budget_bytes or default_budget(dev), q_total)
     top_i, top_s, ranks = [], [], []
     for s in range(0, q_total, chunk):
         e = min(q_total, s + chunk)
