@@ -78,7 +78,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     acc = Accelerator(cpu=True)
     assert acc.num_processes == WORLD and dist.get_backend() == "gloo"
     result: dict = {}
-    for key, ccfg in (("with_grad", ContrastiveConfig()), ("no_grad_gather", ContrastiveConfig(gather_with_grad=False))):
+    for key, ccfg in (("with_grad", ContrastiveConfig()), ("global_loss", ContrastiveConfig(local_loss=False)),
+                      ("no_grad_gather", ContrastiveConfig(gather_with_grad=False))):
         loaded = _tiny()
         task = build_task(TaskConfig(name=TaskName.contrastive, contrastive=ccfg), loaded, manifest(), rank, WORLD)
         out_ = task.step(_micro_batches(rank, loaded.tokenizer), lambda loss: loss.backward())
@@ -119,10 +120,11 @@ def test_distributed_contrastive_gradient_and_gathered_eval(tmp_path):
     ref_loss = task.step([big], lambda loss: loss.backward())["loss"]
     ref = _grads(task)
 
-    dd = got["with_grad"]["grads"]
-    assert dd.keys() == ref.keys() and len(ref) > 20
-    for n in ref:
-        torch.testing.assert_close(dd[n], ref[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+    for key in ("with_grad", "global_loss"):  # local_loss=False (full matrix on every rank) is exact too
+        dd = got[key]["grads"]
+        assert dd.keys() == ref.keys() and len(ref) > 20
+        for n in ref:
+            torch.testing.assert_close(dd[n], ref[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{key} {n}: {m}")
     # each rank's local loss averages to the global one
     assert sum(got["with_grad"]["losses"]) / WORLD == pytest.approx(ref_loss, abs=1e-5)
     # control: without gradient through the gather the other rank's side of the loss is lost
