@@ -188,8 +188,11 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         return {"step": step, "epoch": epoch, "samples_seen": samples_seen, "data": data_pos,
                 "runner": runner.state_dict(), "best": best, "total_steps": total_steps}
 
+    paused = 0.0  # seconds spent validating / checkpointing, left out of the training throughput
+
     def validate() -> dict[str, float]:
-        nonlocal last_val_step, best
+        nonlocal last_val_step, best, paused
+        t0 = time.perf_counter()
         val = evaluator()
         last_val_step = step
         logger.log({"kind": "val", "step": step, "epoch": epoch, **val})
@@ -200,8 +203,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             best = {"metric": metric, "value": val[metric], "step": step}
             if cfg.checkpoint.export_best:
                 _export(acc, task, run_dir / "export")
+        paused += time.perf_counter() - t0
         return val
 
+    t_loop, step_at_start, samples_at_start = time.perf_counter(), step, samples_seen
     stop_early = False
     at_epoch_end = False  # the data position is "start of `epoch`" (the previous one was used up)
     while step < total_steps and not stop_early:
@@ -233,7 +238,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             if (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or stop_early:
                 done = train_loader.state_dict()["batches"] >= len(train_loader)
                 pos = {**train_loader.state_dict(), **({"epoch": epoch + 1, "batches": 0} if done else {})}
+                t0 = time.perf_counter()
                 ckpt.save(step, {**trainer_state(pos), **({"epoch": epoch + 1} if done else {})})
+                paused += time.perf_counter() - t0
             if step >= total_steps or stop_early:
                 break
         at_epoch_end = train_loader.state_dict()["batches"] >= len(train_loader)
@@ -242,6 +249,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                 validate()  # end-of-epoch validation (the last epoch's is the final one below)
             epoch += 1
     logger.close()
+    train_s = time.perf_counter() - t_loop - paused
+    results["train_seconds"] = train_s  # this invocation's steps, data waits included, eval/checkpoints not
+    results["train_samples_per_s"] = (samples_seen - samples_at_start) / train_s if step > step_at_start else None
 
     results["step"] = step
     results["skipped_steps"] = runner.skipped_total

@@ -1,0 +1,152 @@
+"""Training throughput: `fashiontune train` against open_clip's own trainer (`open_clip_train.main`), same run.
+
+Both train CLIP contrastively for one epoch on the same WebDataset shards (a synthetic kagl corpus through the
+shard builder), with the same tiny model (ft-tiny-vit, random init), batch size, precision and loader workers,
+each in a fresh subprocess with the same thread settings. Throughput = samples / seconds of the training
+epoch (data waits included; model build, validation and checkpoints excluded on both sides). Also prints the
+loader-only samples/s of our pipeline (fashiontune.data.measure_loader_throughput).
+
+    python bench/train.py [--n 1200] [--batch 32] [--precision fp32] [--workers 1] [--out /tmp/ft-bench]
+
+open_clip_train imports pandas at module level (only its CSV dataset uses it); where pandas is not
+installed the open_clip side runs with an empty stand-in module, which the webdataset path never touches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODEL = "ft-tiny-vit"
+
+
+def ours(a: argparse.Namespace, shards: Path) -> dict:
+    from fashiontune.train import load_train_config, run_training
+
+    cfg = load_train_config(None, [
+        "name=bench-ours", f"out_dir={a.out}/runs", f"model.name={MODEL}", f"data.shards={shards}",
+        f"data.batch_size={a.batch}", f"data.workers={a.workers}", "data.drop_last=true", "task.name=contrastive",
+        "loop.epochs=1", f"loop.precision={a.precision}", "checkpoint.every_steps=0", "checkpoint.save_final=false",
+        "checkpoint.resume=false", "checkpoint.export_best=false", "log.progress=false", "log.tensorboard=false",
+        "log.plots=false", "log.every_steps=1000", "data.val_split=none"])
+    res = run_training(cfg)
+    return {"samples_per_s": res["train_samples_per_s"], "seconds": res["train_seconds"], "steps": res["step"]}
+
+
+def openclip(a: argparse.Namespace, shards: Path) -> dict:
+    import importlib.machinery
+    import types
+
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("pandas")
+        stub.__spec__ = importlib.machinery.ModuleSpec("pandas", None)
+        sys.modules["pandas"] = stub
+    import open_clip_train.data as ocd
+    import open_clip_train.main as ocm
+    import webdataset as wds
+
+    # open_clip_train's own tar grouping expects an older webdataset sample layout ("fname" keys); use the
+    # installed webdataset's reader, which does the same grouping.
+    ocd.tarfile_to_samples_nothrow = wds.tarfile_to_samples(handler=wds.warn_and_continue)
+
+    from fashiontune.models import register_model_configs
+
+    register_model_configs()  # ft-tiny-vit known to open_clip by name
+    manifest = json.loads((shards / "manifest.json").read_text())
+    train = manifest["splits"]["train"]
+    urls = "::".join(str(shards / s["name"]) for s in train["shards"])
+    timing: dict = {}
+    inner = ocm.train_one_epoch
+
+    def timed(model, data, *args, **kw):
+        t = time.perf_counter()
+        out = inner(model, data, *args, **kw)
+        timing["seconds"] = time.perf_counter() - t
+        timing["samples"] = data["train"].dataloader.num_samples
+        timing["steps"] = data["train"].dataloader.num_batches
+        return out
+
+    ocm.train_one_epoch = timed
+    ocm.main([
+        "--train-data", urls, "--dataset-type", "webdataset", "--train-num-samples", str(train["count"]),
+        "--model", MODEL, "--batch-size", str(a.batch), "--precision", {"fp32": "fp32", "bf16": "amp_bf16"}[a.precision],
+        "--epochs", "1", "--workers", str(a.workers), "--logs", f"{a.out}/openclip-logs", "--name", f"bench-{time.time_ns()}",
+        "--save-frequency", "0", "--report-to", "", "--log-every-n-steps", "1000", "--lr", "1e-4", "--warmup", "1",
+        "--seed", "0",
+    ])
+    return {"samples_per_s": timing["samples"] / timing["seconds"], "seconds": timing["seconds"], "steps": timing["steps"]}
+
+
+def loader_only(a: argparse.Namespace, shards: Path) -> dict:
+    from fashiontune.data import DataConfig, make_loader, measure_loader_throughput
+    from fashiontune.models import ModelConfig, load_clip
+
+    loaded = load_clip(ModelConfig(name=MODEL))
+    cfg = DataConfig(shards=str(shards), batch_size=a.batch, workers=a.workers)
+    loader = make_loader(cfg, train=True, transform=loaded.preprocess_train, tokenizer=loaded.tokenizer)
+    return measure_loader_throughput(loader)
+
+
+def worker(a: argparse.Namespace) -> None:
+    shards = Path(a.out) / "kagl" / "shards"
+    out = {"ours": ours, "openclip": openclip, "loader": loader_only}[a.worker](a, shards)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1200, help="synthetic kagl items (90%% train)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2, help="alternating runs per trainer; the best of each is kept")
+    p.add_argument("--out", default="/tmp/fashiontune-bench-train")
+    p.add_argument("--worker", choices=["ours", "openclip", "loader"], help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        worker(a)
+        return 0
+
+    from fashiontune.train.testing import build_tiny_shards
+
+    shards = build_tiny_shards("kagl", Path(a.out) / "kagl", n=a.n, splits="train=0.9,val=0.1,test=0.0",
+                               shard_size=128)
+    count = json.loads((shards / "manifest.json").read_text())["splits"]["train"]["count"]
+    print(f"shards: {shards} ({count} train samples), model {MODEL}, batch {a.batch}, {a.precision}, "
+          f"workers {a.workers}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    env = {**os.environ}
+    best: dict[str, dict] = {}
+    for rep in range(a.repeats):
+        for who in ("openclip", "ours") if rep % 2 == 0 else ("ours", "openclip"):
+            cmd = [sys.executable, __file__, "--worker", who, "--n", str(a.n), "--batch", str(a.batch),
+                   "--precision", a.precision, "--workers", str(a.workers), "--out", a.out]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                raise SystemExit(f"{who} failed (exit {proc.returncode})")
+            r = json.loads(line[len("RESULT "):])
+            print(f"  run {rep + 1} {who:9s} {r['samples_per_s']:8.1f} samples/s  ({r['steps']} steps, {r['seconds']:.1f} s)")
+            if who not in best or r["samples_per_s"] > best[who]["samples_per_s"]:
+                best[who] = r
+    proc = subprocess.run([sys.executable, __file__, "--worker", "loader", "--n", str(a.n), "--batch", str(a.batch),
+                           "--workers", str(a.workers), "--out", a.out], env=env, capture_output=True, text=True)
+    loader = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    ratio = best["ours"]["samples_per_s"] / best["openclip"]["samples_per_s"]
+    print(f"fashiontune train : {best['ours']['samples_per_s']:8.1f} samples/s")
+    print(f"open_clip_train   : {best['openclip']['samples_per_s']:8.1f} samples/s")
+    print(f"ratio (ours / open_clip): {ratio:.2f}  (target >= 1.0)")
+    print(f"loader only       : {loader['samples_per_s']:8.1f} samples/s "
+          f"({loader['samples_per_s'] / best['ours']['samples_per_s']:.1f}x what training consumes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
