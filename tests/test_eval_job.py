@@ -131,6 +131,7 @@ def test_run_eval_writes_results_plots_and_cache(shards, tmp_path):
     ranks = retrieval_ranks(torch.from_numpy(img), torch.from_numpy(txt), [x["group"] for x in items],
                             [x["caption"] for x in items], k=50, device="cpu")
     assert res["retrieval"]["t2i"] == rank_metrics(ranks["t2i"].first_rank, (1, 5, 10, 50))
+    assert np.array_equal(np.load(out / "ranks_i2t.npy"), ranks["i2t"].first_rank.numpy())
 
 
 def test_cached_embeddings_give_same_results_without_reembedding(shards, tmp_path, monkeypatch):

@@ -162,6 +162,9 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
         k = max(max(cfg.retrieval.ks), cfg.plots.grid_k)
         ranks = retrieval_ranks(img, txt, corpus.group_ids, corpus.captions, k=k, **kw)
         res["retrieval"] = {d: rank_metrics(r.first_rank, cfg.retrieval.ks) for d, r in ranks.items()}
+        for d, r in ranks.items():  # per-query ranks (item order = embeddings/items.json) for error analysis
+            out.mkdir(parents=True, exist_ok=True)
+            np.save(out / f"ranks_{d}.npy", r.first_rank.numpy())
         if cfg.plots.grid_queries > 0:
             res["plots"].append(str(_grid(cfg, corpus, ranks["t2i"].topk_indices, plots / "topk_t2i.png")))
     for f, spec in fields.items():
