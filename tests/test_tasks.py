@@ -76,7 +76,9 @@ def test_every_task_steps_evaluates_and_exports(cfg, tmp_path):
         assert any(n.startswith("heads.") for n in g) or cfg.name == TaskName.contrastive
     else:
         assert cfg.name == TaskName.zeroshot
-        assert not any(p.requires_grad for p in task.module.parameters())
+        assert not any(p.requires_grad for p in task.module.heads.parameters())
+        assert not task.module(batch(2)["image"])["colour"].requires_grad  # no graph at all
+        assert all(p.requires_grad for p in loaded.model.parameters())  # the shared model is left as it was
     res = task.evaluate([batch(16, seed=3, tokenizer=tok), batch(5, seed=4, tokenizer=tok)], None)
     assert task.primary_metric in res and math.isfinite(res["loss"])
     for f in task.fields:

@@ -92,6 +92,7 @@ def test_contrastive_learns_and_zero_shot_follows():
     zs_before = held_out(build_task(zs_cfg, loaded, manifest()))["accuracy"]
 
     task = build_task(TaskConfig(name=TaskName.contrastive), loaded, manifest())
+    assert all(p.requires_grad for p in task.module.parameters())  # both towers train
     tok = loaded.tokenizer
     before = held_out(task, tok)
     losses = fit(task, 50, tokenizer=tok)

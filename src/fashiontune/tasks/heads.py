@@ -166,8 +166,8 @@ class HeadsTask(Task):
         self.pos_weight = {s.name: self._pos_weight(s) for s in self.specs if s.multi}
 
         mode = cfg.freeze.mode
-        if not trainable:
-            for p in self.core.parameters():
+        if not trainable:  # zero-shot: no graph is built (no_grad tower, fixed heads); the shared model is untouched
+            for p in self.core.heads.parameters():
                 p.requires_grad_(False)
             self.core.tower_locked = True
         elif mode == FreezeMode.linear_probe:
