@@ -192,10 +192,11 @@ def test_manifest_count_mismatch_is_an_error_naming_the_shard(shards, tmp_path):
         run_eval(cfg_for(shards, tmp_path / "o", "data.split=nope"))
 
 
-@pytest.mark.parametrize("task_name,field", [("classify", "color"), ("labeltext", "color"), ("multilabel", "tags")])
-def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path, task_name, field):
-    """Train-side export (fashiontune.tasks at image_size 32: linear head, label-prompt head, multi-label head)
-    -> eval with model.checkpoint=<export>: the report equals the one computed from the task module's own
+@pytest.mark.parametrize("task_name,field,backbone", [("classify", "color", "open_clip"), ("labeltext", "color", "open_clip"),
+                                                      ("multilabel", "tags", "open_clip"), ("classify", "color", "timm")])
+def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path, task_name, field, backbone):
+    """Train-side export (fashiontune.tasks at image_size 32: linear head, label-prompt head, multi-label head,
+    and a linear head on an image-only timm backbone) -> eval with model.checkpoint=<export>: the report equals the one computed from the task module's own
     outputs on the decoded test images (multi-label at the threshold exported with the head)."""
     from PIL import Image
 
@@ -207,7 +208,7 @@ def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path, task
 
     manifest = json.loads((shards / "manifest.json").read_text())
     torch.manual_seed(1)
-    loaded = load_clip(ModelConfig(name="ft-tiny-vit", image_size=32))
+    loaded = load_clip(ModelConfig(name="ft-tiny-vit", image_size=32, backbone=backbone, timm_name="resnet18"))
     task = build_task(TaskConfig(name=task_name, field=field), loaded, manifest)
     task.export(tmp_path / "export")
     res = run_eval(cfg_for(shards, tmp_path / "ev", f"model.checkpoint={tmp_path / 'export'}", "plots.grid_queries=0"))

@@ -31,6 +31,8 @@ def resolve_model_config(cfg) -> tuple[ModelConfig, Path | None]:
         if backbone == "timm":
             base["timm_name"] = info.get("timm_name", base["timm_name"])
             base["pretrained"] = str(p / TIMM_WEIGHTS)
+            size = (info.get("data_cfg") or {}).get("input_size")  # (3, H, W) the backbone was trained at
+            base["image_size"] = base["image_size"] or (int(size[-1]) if size else None)
         else:
             base["name"] = info.get("name", base["name"])
             base["pretrained"] = str(p / OPEN_CLIP_WEIGHTS)

@@ -37,4 +37,5 @@ def format_table(results: dict) -> str:
                          f"{_f(r.get('micro_f1')):>9}{_f(r.get('weighted_f1')):>9}{_f(r.get('mAP')):>9}")
         if any("exact_match" in r for r in cls.values()):
             lines.append("(multi-label rows: acc = exact-match accuracy)")
+    lines += [f"note: {n}" for n in results.get("notes") or []]
     return "\n".join(lines)

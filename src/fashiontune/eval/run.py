@@ -155,8 +155,12 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
     img = torch.nn.functional.normalize(torch.from_numpy(corpus.image).float(), dim=-1)
     res: dict = {"retrieval": {}, "category": {}, "classification": {}, "plots": []}
     plots = out / "plots"
+    notes = res.setdefault("notes", [])
+    if corpus.text is None:
+        notes.append("image-only model (no text tower): no retrieval, category-to-product or zero-shot "
+                     "classification; only exported heads are scored")
     if cfg.retrieval.enabled and corpus.text is not None and not any(corpus.captions):
-        res["retrieval_skipped"] = "every caption of the split is empty: no text queries to score"
+        notes.append("every caption of the split is empty: no text->image / image->text retrieval")
     elif cfg.retrieval.enabled and corpus.text is not None:
         txt = torch.from_numpy(corpus.text).float()
         k = max(max(cfg.retrieval.ks), cfg.plots.grid_k)
@@ -178,6 +182,8 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
             res["classification"][f"{f}/zero_shot"] = _classify(cfg, f, y, logits, vocab, spec, plots, res,
                                                                 "zero_shot")
     exported = load_export_heads(export_dir) if cfg.classification.enabled and cfg.classification.heads else None
+    if corpus.text is None and exported is None:
+        notes.append("and no heads.pt was found beside model.checkpoint: nothing to classify")
     if exported is not None:
         heads, meta = exported
         for f, hspec in meta.get("fields", {}).items():
