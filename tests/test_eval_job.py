@@ -153,8 +153,8 @@ def test_cached_embeddings_give_same_results_without_reembedding(shards, tmp_pat
 
 
 def test_decode_workers_keep_the_order(shards, tmp_path):
-    """data.num_workers=2: workers decode alternate batches, the DataLoader returns them round-robin, so the
-    embedded split is the same, in the same order, as with no workers."""
+    """data.num_workers=2: each worker decodes a contiguous run of batches, the rank restores the item order,
+    so the embedded split is the same, in the same order, bit for bit, as with no workers."""
     from fashiontune.eval.run import run_eval
 
     a = run_eval(cfg_for(shards, tmp_path / "w0", "plots.grid_queries=0"))

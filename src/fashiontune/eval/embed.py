@@ -4,8 +4,9 @@ Partition: the split's items, in manifest shard order and file order within a sh
 `batch_size` at GLOBAL positions 0, B, 2B, ...; rank r embeds the contiguous run of batches
 [r*nb/W, (r+1)*nb/W). Every item lands in exactly one rank (any world size, any count), gathering in rank
 order restores the global order, and each batch holds the same items whatever the world size, so one process
-and several produce bit-identical embeddings. Within a rank, DataLoader worker w decodes batches w, w+W', ...
-and the DataLoader returns them round-robin, i.e. in order. Shards wholly outside a rank's range are not read.
+and several produce bit-identical embeddings. Within a rank, DataLoader worker w decodes a contiguous run of
+the rank's batches (same rule again) and the rank puts the interleaved batches back in order by item index.
+A rank or worker opens only the shards that hold its items.
 """
 
 from __future__ import annotations
@@ -114,11 +115,11 @@ class RangeBatches(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        # worker w: a contiguous run of this rank's batches, so it opens only the shards that hold them
+        w0, w1 = batch_range(self.end - self.start, self.bs, wid, nw)
         items: list = []
-        for g, sample in iter_samples(self.shards, self.start, self.end):
+        for g, sample in iter_samples(self.shards, self.start + w0, self.start + w1):
             b = (g - self.start) // self.bs
-            if b % nw != wid:
-                continue  # another worker decodes this batch; we only skip over its tar bytes
             key, group, caption, labels = parse_sample(sample)
             with Image.open(io.BytesIO(sample["jpg"])) as im:
                 items.append((g, key, group, caption, labels, self.transform(im.convert("RGB"))))
@@ -168,6 +169,14 @@ def embed_range(loaded, shards, start, end, batch_size, num_workers, device, pre
     d = _out_dim(loaded)
     out["image"] = torch.cat(out["image"]) if out["image"] else torch.empty(0, d)
     out["text"] = (torch.cat(out["text"]) if out["text"] else torch.empty(0, d)) if has_text else None
+    # workers' batches arrive interleaved: restore the split order
+    order = sorted(range(len(out["index"])), key=out["index"].__getitem__)
+    for k in ("index", "key", "group_id", "caption", "labels"):
+        out[k] = [out[k][i] for i in order]
+    idx = torch.tensor(order, dtype=torch.long)
+    out["image"] = out["image"][idx] if len(order) else out["image"]
+    if out["text"] is not None and len(order):
+        out["text"] = out["text"][idx]
     if out["index"] != list(range(start, end)):
         raise ShardReadError(f"rank range {start}:{end}: read {len(out['index'])} items out of order or incomplete")
     return out
