@@ -164,6 +164,18 @@ def test_decode_workers_keep_the_order(shards, tmp_path):
         assert (tmp_path / "w0/embeddings" / f).read_bytes() == (tmp_path / "w2/embeddings" / f).read_bytes()
 
 
+def test_bf16_embedding_is_close_to_fp32_and_scored_in_fp32(shards, tmp_path):
+    from fashiontune.eval.run import run_eval
+
+    args = ("data.split=val", "plots.grid_queries=0")
+    run_eval(cfg_for(shards, tmp_path / "fp32", *args, "precision=fp32"))
+    run_eval(cfg_for(shards, tmp_path / "bf16", *args, "precision=bf16"))
+    a, b = (np.load(tmp_path / d / "embeddings/image.npy") for d in ("fp32", "bf16"))
+    assert a.dtype == b.dtype == np.float32  # autocast output is cast back: scoring input is fp32
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert not np.array_equal(a, b) and cos.min() > 0.99
+
+
 def test_cli_runs_and_names_a_bad_key(shards, tmp_path, capsys):
     from fashiontune.cli import main
 
