@@ -5,7 +5,9 @@ so a 1M-item corpus is scored on one GPU, and 200k on a CPU, by choosing the chu
 
 Ordering is total and deterministic: candidates are ranked by score (descending, fp32), and on equal scores
 the LOWER candidate index ranks first. `torch.topk` alone does not promise which of several equal values it
-returns, so we take only its K-th value as a threshold and pick the tied candidates ourselves by index.
+returns, so where ties straddle the K-th place we pick the tied candidates ourselves by index, and we order
+the K by (score, index) with a stable sort. First-relevant ranks count strictly better candidates plus the
+tied ones of lower index, so ranks and top-K lists follow the same order.
 """
 
 from __future__ import annotations
