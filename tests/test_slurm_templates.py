@@ -1,0 +1,93 @@
+"""The hand-written sbatch templates (slurm/*.sbatch) on the dev cluster, as a person would submit them:
+`sbatch` from the repository root with the variables in the environment; GPU lines overridden for a CPU node.
+
+Cost on 2 busy CPU cores: shard array + merge ~10 s; train.sbatch with a batch-shell USR2 requeue ~70 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_slurm_cluster import dev_cluster  # noqa: F401  (the session fixture that starts the cluster)
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slurm
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+def _sbatch(args: list[str], env: dict[str, str]) -> str:
+    p = subprocess.run(["sbatch", "--parsable", "--partition=dev", "--mem=1G", *args], cwd=REPO,
+                       env={**os.environ, "SETUP": f"source {REPO}/.venv/bin/activate", **env},
+                       capture_output=True, text=True, check=True)
+    return p.stdout.strip().split(";")[0]
+
+
+def _state(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    states = [line.split("JobState=")[1].split()[0] for line in out.splitlines() if "JobState=" in line]
+    return "DONE" if states and all(s in DONE for s in states) else (states[0] if states else "UNKNOWN")
+
+
+def _wait(job_id: str, timeout_s: float, until=None) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if (until or (lambda: _state(job_id) == "DONE"))():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not done after {timeout_s} s (state {_state(job_id)})")
+
+
+def _job_states(job_id: str) -> list[str]:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    return [line.split("JobState=")[1].split()[0] for line in out.splitlines()]
+
+
+def test_shard_array_template_then_merge_template(dev_cluster, tmp_path):  # noqa: F811
+    from fashiontune.shards.verify import verify
+    from fashiontune.synth import generate
+
+    corpus = generate("kagl", tmp_path / "corpus", 30, seed=1, image_size=32)
+    env = {"NUM_JOBS": "2", "SOURCE": "kagl", "INPUT": str(corpus), "OUT": str(tmp_path / "shards"),
+           "BUILD_ARGS": "--image-size 32 --shard-size 4"}
+    array = _sbatch(["--array=0-1", "--cpus-per-task=1", f"--output={tmp_path}/%x-%A_%a.out",
+                     "slurm/shards-array.sbatch"], env)
+    merge = _sbatch([f"--dependency=afterok:{array}", "--kill-on-invalid-dep=yes", f"--output={tmp_path}/%x-%j.out",
+                     "slurm/shards-merge.sbatch"], env)
+    _wait(merge, 120)
+    assert _job_states(array) == ["COMPLETED", "COMPLETED"] and _job_states(merge) == ["COMPLETED"], \
+        "\n".join(p.read_text() for p in tmp_path.glob("*.out"))
+    report = verify(tmp_path / "shards")
+    assert report.ok and json.loads((tmp_path / "shards/manifest.json").read_text())["items"]["written"] == 30
+
+
+@pytest.mark.slow
+def test_train_template_two_processes_requeues_on_usr2_and_resumes(dev_cluster, tmp_path):  # noqa: F811
+    from fashiontune.shards.build import build_shards
+    from fashiontune.shards.config import ShardBuildConfig
+    from fashiontune.synth import generate
+
+    corpus = generate("kagl", tmp_path / "corpus", 120, seed=0)
+    build_shards(ShardBuildConfig(source="kagl", input=str(corpus), out=str(tmp_path / "shards"), image_size=64,
+                                  splits="train=0.7,val=0.3,test=0.0", workers=1, progress=False))
+    run = tmp_path / "runs/tpl"
+    env = {"GPUS_PER_NODE": "2", "CONFIG": "configs/tiny-kagl-softmax.yaml",
+           "OVERRIDES": f"data.shards={tmp_path}/shards out_dir={tmp_path}/runs name=tpl loop.max_steps=24 "
+                        "checkpoint.every_steps=4 log.tensorboard=false log.plots=false data.batch_size=8 "
+                        "data.workers=0"}
+    # a CPU node: no GPUs, one node, the two "GPU" processes share 2 CPUs
+    job = _sbatch(["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--time=20",
+                   f"--output={tmp_path}/train-%j.out", "slurm/train.sbatch"], env)
+    _wait(job, 300, until=lambda: (run / "checkpoints/step_00000004/complete.json").exists())
+    subprocess.run(["scancel", "--batch", "--signal=USR2", job], check=True)  # what --signal=B:USR2@180 sends
+    _wait(job, 300)
+    log = (tmp_path / f"train-{job}.out").read_text()
+    assert _job_states(job) == ["COMPLETED"], log
+    assert "USR2: requeue job" in log and "restart 1:" in log  # the trap requeued the same job id
+    res = json.loads((run / "results.json").read_text())
+    assert res["world_size"] == 2 and res["step"] == 24 and res["resumed_from_step"] >= 4
