@@ -186,6 +186,8 @@ def test_cli_runs_and_names_a_bad_key(shards, tmp_path, capsys):
     assert json.loads((tmp_path / "cli/results.json").read_text())["items"] == 4
     assert main([*args, "retrieval.kss=[1]"]) == 2
     assert "Did you mean 'retrieval.ks'" in capsys.readouterr().err
+    assert main([*args, "model.checkpoint=/nonexistent/export"]) == 2
+    assert "model.checkpoint=/nonexistent/export: no such file or directory" in capsys.readouterr().err
 
 
 def test_manifest_count_mismatch_is_an_error_naming_the_shard(shards, tmp_path):

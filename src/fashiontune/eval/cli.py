@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from fashiontune.config import load_config
 
@@ -23,6 +24,14 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("fashiontune").setLevel(logging.INFO)  # ours, without open_clip's INFO chatter
+    from fashiontune.eval.embed import ShardReadError
+    from fashiontune.models import ModelLoadError
+    from fashiontune.shards.errors import ManifestError
+
     cfg = load_config(EvalConfig, args.config, args.overrides)
-    run_eval(cfg)
+    try:
+        run_eval(cfg)
+    except (ShardReadError, ModelLoadError, ManifestError) as e:  # a user's input to fix: the message, no traceback
+        print(f"fashiontune eval: {e}", file=sys.stderr)
+        return 2
     return 0
