@@ -8,6 +8,8 @@ which is what DDP's gradient average does for equal per-rank batches. So the two
 computation up to float summation order: weights must agree to 1e-4 after 6 AdamW steps.
 
 - DDP: 2 processes == 1 process (weights, val loss).
+- Both also prove the collective non-finite check: at step 2 only rank 1 sees a NaN loss, yet both ranks skip
+  the step (else one would wait in the all-reduce forever), exactly like the 1-process run skipping it.
 - DeepSpeed ZeRO-2, 2 processes: stopped after a checkpoint at step 3 and resumed (a second launch) to step 6,
   equals the same 1-process run: so it trains, saves (partitioned optimizer state) and resumes.
 Cost: ~60-110 s per launch on 2 busy cores (process start-up dominates); 3 launches + 1 in-process run.
@@ -52,7 +54,8 @@ def reference(kagl, tmp_path_factory) -> Path:
 def common(shards: Path, out: Path, name: str) -> list[str]:
     return [f"data.shards={shards}", f"out_dir={out}", f"name={name}", "data.batch_size=8",
             "data.shuffle_shards=false", "data.shuffle_buffer=0", "loop.max_steps=6", "checkpoint.every_steps=3",
-            "checkpoint.export_best=false", "log.every_steps=1", "log.tensorboard=false", "log.progress=false"]
+            "checkpoint.export_best=false", "log.every_steps=1", "log.tensorboard=false", "log.progress=false",
+            "loop.nan_steps=[2]"]  # step 2 is skipped everywhere: in 2-process runs only rank 1's loss is NaN
 
 
 def free_port() -> int:
@@ -64,7 +67,7 @@ def free_port() -> int:
 def launch(*overrides: str) -> None:
     argv = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-            str(ROOT / "jobs/train.py"), "--config", str(CONFIG), *overrides]
+            str(ROOT / "jobs/train.py"), "--config", str(CONFIG), *overrides, "loop.nan_ranks=[1]"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -94,6 +97,7 @@ def test_ddp_two_processes_match_one_process(kagl, reference, tmp_path):
     assert r["samples_seen"] == ref["samples_seen"] == 6 * 16
     assert max_diff(run, reference) < TOL
     assert r["final"]["loss"] == pytest.approx(ref["final"]["loss"], abs=1e-3)
+    assert r["skipped_steps"] == ref["skipped_steps"] == 1
     assert r["final"]["count"] == ref["final"]["count"]  # the whole val split, gathered over both ranks
 
 
@@ -109,5 +113,6 @@ def test_deepspeed_zero2_trains_saves_and_resumes(kagl, reference, tmp_path):
     launch(*common(kagl, tmp_path, "zero2"), *ds)  # the same command again: resumes from step 3
     r = results(tmp_path / "zero2")
     assert r["resumed_from_step"] == 3 and r["step"] == 6 and r["world_size"] == 2
+    assert r["skipped_steps"] == 1  # counted before the checkpoint, restored with it
     assert max_diff(tmp_path / "zero2", reference) < TOL
     assert r["final"]["loss"] == pytest.approx(results(reference)["final"]["loss"], abs=1e-3)

@@ -61,6 +61,7 @@ class LoopConfig:
     seed: int = 0
     max_bad_steps: int = 5  # this many non-finite steps in a row abort the run
     nan_steps: List[int] = field(default_factory=list)  # TEST HOOK: global steps whose first loss is made NaN
+    nan_ranks: List[int] = field(default_factory=list)  # TEST HOOK: ...on these ranks only ([] = every rank)
 
 
 @dataclass

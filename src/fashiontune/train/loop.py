@@ -164,7 +164,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     task.module, optimizer = acc.prepare(task.module, optimizer)
     acc.register_for_checkpointing(scheduler)
     runner = StepRunner(acc, task, optimizer, scheduler, cfg.optim.grad_clip, cfg.loop.max_bad_steps,
-                        cfg.loop.nan_steps)
+                        cfg.loop.nan_steps, cfg.loop.nan_ranks)
     evaluator = _Evaluator(acc, task, val_loader, cfg.log.eval_max_batches) if val_loader else None
     ckpt = CheckpointManager(acc, run_dir / "checkpoints", cfg.checkpoint.keep_last)
 

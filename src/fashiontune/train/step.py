@@ -29,10 +29,12 @@ class NonFiniteLossError(RuntimeError):
 
 class StepRunner:
     def __init__(self, accelerator, task, optimizer, scheduler, grad_clip: float, max_bad_steps: int,
-                 nan_steps: Sequence[int] = ()):
+                 nan_steps: Sequence[int] = (), nan_ranks: Sequence[int] = ()):
         self.acc, self.task, self.opt, self.sched = accelerator, task, optimizer, scheduler
         self.grad_clip, self.max_bad_steps = grad_clip, max_bad_steps
         self.nan_steps = set(int(s) for s in nan_steps)
+        if nan_ranks and accelerator.process_index not in set(nan_ranks):
+            self.nan_steps = set()  # the test hook poisons only the listed ranks: the others must still skip
         self.deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
         self.skipped_total = 0
         self.skipped_in_row = 0
