@@ -12,7 +12,8 @@ computation up to float summation order: weights must agree to 1e-4 after 6 Adam
   the step (else one would wait in the all-reduce forever), exactly like the 1-process run skipping it.
 - DeepSpeed ZeRO-2, 2 processes: stopped after a checkpoint at step 3 and resumed (a second launch) to step 6,
   equals the same 1-process run: so it trains, saves (partitioned optimizer state) and resumes.
-Cost: ~60-110 s per launch on 2 busy cores (process start-up dominates); 3 launches + 1 in-process run.
+- Contrastive with feature-cache accumulation and DDP no_sync: 2 processes == 1 process.
+Cost: ~45-100 s per launch on 2 busy cores (process start-up dominates); 4 launches + 2 in-process runs.
 """
 
 from __future__ import annotations
@@ -65,9 +66,13 @@ def free_port() -> int:
 
 
 def launch(*overrides: str) -> None:
+    launch_config(CONFIG, *overrides, "loop.nan_ranks=[1]")
+
+
+def launch_config(config: Path, *overrides: str) -> None:
     argv = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-            str(ROOT / "jobs/train.py"), "--config", str(CONFIG), *overrides, "loop.nan_ranks=[1]"]
+            str(ROOT / "jobs/train.py"), "--config", str(config), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -116,3 +121,18 @@ def test_deepspeed_zero2_trains_saves_and_resumes(kagl, reference, tmp_path):
     assert r["skipped_steps"] == 1  # counted before the checkpoint, restored with it
     assert max_diff(tmp_path / "zero2", reference) < TOL
     assert r["final"]["loss"] == pytest.approx(results(reference)["final"]["loss"], abs=1e-3)
+
+
+def test_ddp_contrastive_with_accumulation_matches_one_process(kagl, tmp_path):
+    """Contrastive (ClipLoss local_loss + gather_with_grad, feature-cache accumulation) with DDP no_sync for all
+    but the last micro-batch: 2 ranks x batch 4 x grad_accum 2 == 1 process x batch 4 x grad_accum 4 with 2
+    workers. Same 16 (image, caption) pairs per step in a different row order, which a CLIP loss ignores."""
+    config = ROOT / "configs/tiny-deepfashion-contrastive.yaml"
+    base = [o for o in common(kagl, tmp_path, "x") if not o.startswith(("name=", "data.batch_size", "loop.nan"))]
+    base += ["data.batch_size=4", "loop.max_steps=4", "checkpoint.every_steps=0"]
+    run_training(load_train_config(config, base + ["name=ref", "data.workers=2", "loop.grad_accum=4"]))
+    launch_config(config, *base, "name=ddp", "data.workers=0", "loop.grad_accum=2")
+    r, ref = results(tmp_path / "ddp"), results(tmp_path / "ref")
+    assert r["world_size"] == 2 and r["samples_seen"] == ref["samples_seen"] == 4 * 16
+    assert max_diff(tmp_path / "ddp", tmp_path / "ref") < TOL
+    assert r["final"]["loss"] == pytest.approx(ref["final"]["loss"], abs=1e-3)

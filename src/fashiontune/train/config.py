@@ -69,7 +69,7 @@ class DistConfig:
     strategy: Strategy = Strategy.ddp
     # DeepSpeed JSON/YAML (configs/deepspeed/zero{1,2,3}.json); "auto" values are filled from this config.
     deepspeed_config: str = "configs/deepspeed/zero2.json"
-    find_unused_parameters: Optional[bool] = None  # None = what the task says
+    find_unused_parameters: Optional[bool] = None  # None = what the task says, or True when grad_accum > 1
     timeout_s: int = 1800  # collective timeout
 
 

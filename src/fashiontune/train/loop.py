@@ -120,7 +120,11 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     loaded = load_clip(cfg.model)
     task = build_task(cfg.task, loaded, manifest, state.process_index, state.num_processes)
     find_unused = cfg.dist.find_unused_parameters
-    acc = make_accelerator(cfg, task.find_unused_parameters if find_unused is None else find_unused)
+    if find_unused is None:
+        # With accumulation the synced (last) micro-batch need not touch every parameter: the contrastive
+        # feature cache gives logit_scale its gradient on the first micro-batch only.
+        find_unused = task.find_unused_parameters or cfg.loop.grad_accum > 1
+    acc = make_accelerator(cfg, find_unused)
     main = acc.is_main_process
     if main:
         prev = run_dir / "config.yaml"
