@@ -65,3 +65,12 @@ def test_saved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path / "run")
     again = load_config(Job, path)
     assert again == cfg and config_hash(again) == config_hash(cfg)
+
+
+def test_nested_key_error_lists_valid_keys_under_postponed_annotations():
+    # TrainConfig's module uses `from __future__ import annotations`: nested types are strings there.
+    from fashiontune.train.config import TrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, None, ["optim.lrr=1"])
+    assert "Did you mean 'optim.lr'" in str(e.value) and "weight_decay" in str(e.value)

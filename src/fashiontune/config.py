@@ -11,6 +11,7 @@ import difflib
 import enum
 import hashlib
 import json
+import typing
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -29,11 +30,9 @@ def _field_names(schema: Any, dotted: str) -> list[str]:
     """Valid keys at the node that `dotted` (a full key) points into."""
     node = schema
     for part in dotted.split(".")[:-1]:
-        sub = {f.name: f for f in fields(node)} if is_dataclass(node) else {}
-        if part not in sub:
-            return []
-        t = sub[part].type
-        node = t if is_dataclass(t) else getattr(node, part, None)
+        # get_type_hints resolves string annotations (modules using `from __future__ import annotations`)
+        hints = typing.get_type_hints(node) if is_dataclass(node) else {}
+        node = hints.get(part)
         if node is None or not is_dataclass(node):
             return []
     return [f.name for f in fields(node)] if is_dataclass(node) else []
