@@ -154,13 +154,17 @@ def test_scontrol_state_parsing_covers_plain_and_array_jobs():
     assert {k for k, v in info.items() if v["State"] == "PENDING"} == {"13_0", "13_2", "13_3"}
 
 
-def test_requeue_is_recorded_in_the_run_dir_and_bounded(tmp_path):
+def test_requeue_is_recorded_in_the_run_dir_and_bounded_per_submission(tmp_path, monkeypatch):
     runner = JobRunner("smoke", SmokeConfig(run_dir=str(tmp_path)), str(tmp_path), max_requeues=2)
+    monkeypatch.setenv("SLURM_JOB_ID", "101")
     for n in (1, 2):
         again = runner.checkpoint()
         assert again.function.run_dir == str(tmp_path) and again.function.config == runner.config
-        assert requeue_count(tmp_path) == n
-    with pytest.raises(RequeueLimitReached, match=r"requeued 2 times already \(max_requeues=2\)"):
+        assert requeue_count(tmp_path, "101") == n
+    with pytest.raises(RequeueLimitReached, match=r"\(101\) was requeued 2 times already \(max_requeues=2\)"):
         runner.checkpoint()
+    monkeypatch.setenv("SLURM_JOB_ID", "202")  # the same run submitted again: a fresh budget, history kept
+    runner.checkpoint()
     records = [json.loads(x) for x in (tmp_path / "launch/requeues.jsonl").read_text().splitlines()]
-    assert [r["n"] for r in records] == [1, 2]
+    assert [(r["job_id"], r["n"]) for r in records] == [("101", 1), ("101", 2), ("202", 1)]
+    assert requeue_count(tmp_path) == 3

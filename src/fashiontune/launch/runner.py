@@ -32,9 +32,23 @@ def requeue_log(run_dir: str | Path) -> Path:
     return Path(run_dir) / "launch" / "requeues.jsonl"
 
 
-def requeue_count(run_dir: str | Path) -> int:
+def requeue_count(run_dir: str | Path, job_id: str | None = None) -> int:
+    """Requeues recorded in the run dir; with `job_id`, only those of that submission (a requeued job keeps its
+    id, so each new submission of the same run gets a fresh budget while the file keeps the whole history)."""
     p = requeue_log(run_dir)
-    return sum(1 for line in p.read_text().splitlines() if line.strip()) if p.exists() else 0
+    if not p.exists():
+        return 0
+    records = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return sum(1 for r in records if job_id is None or r.get("job_id") == job_id)
+
+
+def current_job_id() -> str:
+    try:
+        import submitit
+
+        return str(submitit.JobEnvironment().job_id)  # "<array id>_<index>" for array tasks
+    except Exception:  # not inside a submitit job (tests, a plain process)
+        return os.environ.get("SLURM_JOB_ID", "")
 
 
 class JobRunner:
@@ -52,7 +66,7 @@ class JobRunner:
             dist = dist_env.setup()
         else:
             dist = dist_env.DistEnv()
-        n = requeue_count(self.run_dir)
+        n = requeue_count(self.run_dir, current_job_id())
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         print(
             f"[fashiontune] job={self.job} run_dir={self.run_dir} host={socket.gethostname()} {dist.describe()} "
@@ -65,16 +79,17 @@ class JobRunner:
         """Called by submitit on rank 0 on USR2: record the requeue and resubmit the same job."""
         import submitit
 
-        n = requeue_count(self.run_dir)
+        job_id = current_job_id()
+        n = requeue_count(self.run_dir, job_id)
         if n >= self.max_requeues:
             raise RequeueLimitReached(
-                f"job {self.job} was requeued {n} times already (max_requeues={self.max_requeues}); not "
-                f"requeuing again. Resubmit it by hand to resume from {self.run_dir}, or raise max_requeues."
+                f"job {self.job} ({job_id}) was requeued {n} times already (max_requeues={self.max_requeues}); "
+                f"not requeuing again. Submit it again to resume from {self.run_dir} (a new submission gets a "
+                "fresh budget), or raise max_requeues."
             )
         path = requeue_log(self.run_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"n": n + 1, "time": time.time(), "job": self.job, "host": socket.gethostname(),
-                  "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "")}
+        record = {"n": n + 1, "time": time.time(), "job": self.job, "host": socket.gethostname(), "job_id": job_id}
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
         print(f"[fashiontune] requeue {n + 1}/{self.max_requeues} of {self.job}: resuming from {self.run_dir}",

@@ -41,6 +41,7 @@ class Submission:
     merge: Optional[submitit.Job] = None  # shards array on SLURM: the dependent merge job
     labels: list[str] = field(default_factory=list)  # per entry of `jobs`, for messages (e.g. shard range)
     config: Any = None
+    submitted_at: float = 0.0
 
     @property
     def job_ids(self) -> list[str]:
@@ -86,19 +87,35 @@ def dry_run(job: str, cfg: Any, cluster: ClusterConfig) -> str:
     return sbatch_script(cluster, name, single_task=not spec.distributed)
 
 
+def _drop_stale_results(jobs: list[submitit.Job], since: float) -> None:
+    """A re-created cluster (fresh slurmctld state) hands out job ids again; a result file left in
+    <log_dir>/<id>/ by an older job with the same id would otherwise read as this job's result."""
+    for j in jobs:
+        for k in range(j.num_tasks):
+            p = j.task(k).paths.result_pickle
+            if p.exists() and p.stat().st_mtime < since:
+                p.unlink()
+
+
 def submit(job: str, cfg: Any, cluster: ClusterConfig) -> Submission:
+    sub = _submit(job, cfg, cluster, since=time.time())
+    _drop_stale_results(sub.jobs + ([sub.merge] if sub.merge is not None else []), sub.submitted_at)
+    return sub
+
+
+def _submit(job: str, cfg: Any, cluster: ClusterConfig, since: float) -> Submission:
     spec = registry.get(job)
     run_dir = spec.run_dir(cfg).absolute()
     name = job_name(cluster, job)
     if job == "shards" and getattr(cfg, "num_jobs", 1) > 1:
-        return _submit_shards(cfg, cluster, run_dir, name)
+        return _submit_shards(cfg, cluster, run_dir, name, since)
     ex = make_executor(cluster, name, single_task=not spec.distributed)
     with submitit.helpers.clean_env():  # a job submitted from inside a job must not inherit its SLURM_*
         j = as_slurm_job(ex.submit(JobRunner(job, cfg, str(run_dir), cluster.max_requeues)))
-    return Submission(job, run_dir, cluster, [j], labels=[job], config=cfg)
+    return Submission(job, run_dir, cluster, [j], labels=[job], config=cfg, submitted_at=since)
 
 
-def _submit_shards(cfg: Any, cluster: ClusterConfig, run_dir: Path, name: str) -> Submission:
+def _submit_shards(cfg: Any, cluster: ClusterConfig, run_dir: Path, name: str, since: float) -> Submission:
     n = cfg.num_jobs
     runners = [JobRunner("shards", dataclasses.replace(cfg, job_index=i), str(run_dir), cluster.max_requeues)
                for i in range(n)]
@@ -108,7 +125,7 @@ def _submit_shards(cfg: Any, cluster: ClusterConfig, run_dir: Path, name: str) -
             delayed = [ex.submit(r) for r in runners]
         jobs = [as_slurm_job(j) for j in delayed]
         sub = Submission("shards", run_dir, cluster, jobs, labels=[f"array task {i} of {n}" for i in range(n)],
-                         config=cfg)
+                         config=cfg, submitted_at=since)
         if cluster.executor == ExecutorKind.slurm:
             array_id = jobs[0].job_id.split("_")[0]
             mex = make_executor(cluster, name + "-merge", single_task=True)
@@ -187,8 +204,10 @@ def wait(sub: Submission, timeout_s: Optional[float] = None, poll_s: float = 1.0
         merge_job = sub.merge
         if merge_job is None:  # local executor: the client runs the dependency
             ex = make_executor(sub.cluster, job_name(sub.cluster, "shards") + "-merge", single_task=True)
+            since = time.time()
             merge_job = ex.submit(JobRunner("shards-merge", str(sub.run_dir), str(sub.run_dir),
                                             sub.cluster.max_requeues))
+            _drop_stale_results([merge_job], since)  # local job ids are pids, which get reused
             sub.merge = merge_job
         _wait([merge_job])
         found = _first_exception(merge_job)
