@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fashiontune.cli import main
+from fashiontune.launch import devcluster
 from fashiontune.launch import submit as S
 from fashiontune.launch.cluster import load_cluster
 from fashiontune.launch.runner import requeue_count
@@ -27,15 +28,13 @@ pytestmark = pytest.mark.slurm
 
 @pytest.fixture(scope="session")
 def dev_cluster():
-    t0 = time.monotonic()
-    p = subprocess.run(["bash", str(REPO / "slurm/dev-cluster/start.sh")], capture_output=True, text=True,
-                       timeout=900)
-    if p.returncode == 3:
-        pytest.skip(f"dev SLURM cluster cannot start on this machine: {p.stderr.strip()}")
-    if p.returncode != 0:
-        pytest.fail(f"slurm/dev-cluster/start.sh failed (rc {p.returncode}):\n{p.stdout}\n{p.stderr}")
-    print(f"dev cluster ready in {time.monotonic() - t0:.1f} s: {p.stdout.strip()}")
-    return p.stdout
+    c = devcluster.start()
+    if c.cannot_host:
+        pytest.skip(f"dev SLURM cluster cannot start on this machine: {c.output}")
+    if not c.ok:
+        pytest.fail(f"slurm/dev-cluster/start.sh failed:\n{c.output}")
+    print(f"dev cluster ready in {c.seconds:.1f} s: {c.output}")
+    return c
 
 
 def _cluster_args(tmp_path) -> list[str]:

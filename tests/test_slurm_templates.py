@@ -15,10 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from test_slurm_cluster import dev_cluster  # noqa: F401  (the session fixture that starts the cluster)
+from fashiontune.launch import devcluster
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module")
+def dev_cluster():
+    c = devcluster.start()  # idempotent: ~0.1 s when the cluster is up
+    if c.cannot_host:
+        pytest.skip(f"dev SLURM cluster cannot start on this machine: {c.output}")
+    assert c.ok, f"slurm/dev-cluster/start.sh failed:\n{c.output}"
+    return c
+
+
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
@@ -49,7 +60,7 @@ def _job_states(job_id: str) -> list[str]:
     return [line.split("JobState=")[1].split()[0] for line in out.splitlines()]
 
 
-def test_shard_array_template_then_merge_template(dev_cluster, tmp_path):  # noqa: F811
+def test_shard_array_template_then_merge_template(dev_cluster, tmp_path):
     from fashiontune.shards.verify import verify
     from fashiontune.synth import generate
 
@@ -75,7 +86,7 @@ def test_shard_array_template_then_merge_template(dev_cluster, tmp_path):  # noq
         reason="DeepSpeed ZeRO-2 on 2 CPU cores takes ~6.5 min here (passed 2026-11-22); "
                "set FASHIONTUNE_TEST_DEEPSPEED=1 to run it")),
 ])
-def test_train_template_two_processes_requeues_on_usr2_and_resumes(dev_cluster, tmp_path, strategy):  # noqa: F811
+def test_train_template_two_processes_requeues_on_usr2_and_resumes(dev_cluster, tmp_path, strategy):
     """The template's DDP path, or with STRATEGY=deepspeed its DeepSpeed branch, requeued by its USR2 trap and
     resuming from its own (for DeepSpeed: collective, ZeRO-sharded) checkpoint."""
     from fashiontune.shards.build import build_shards

@@ -14,13 +14,24 @@ from pathlib import Path
 
 import pytest
 
+from fashiontune.launch import devcluster
 from fashiontune.launch import submit as S
 from fashiontune.launch.cluster import load_cluster
 from fashiontune.launch.runner import requeue_count
-from test_slurm_cluster import dev_cluster  # noqa: F401  (the session fixture that starts the cluster)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def dev_cluster():
+    c = devcluster.start()  # idempotent: ~0.1 s when the cluster is up
+    if c.cannot_host:
+        pytest.skip(f"dev SLURM cluster cannot start on this machine: {c.output}")
+    assert c.ok, f"slurm/dev-cluster/start.sh failed:\n{c.output}"
+    return c
+
+
 STEPS, EVERY = 24, 4
 
 
@@ -32,7 +43,7 @@ def _train_cfg(root: Path, name: str):
 
 
 @pytest.fixture(scope="module")
-def trained(dev_cluster, tmp_path_factory):  # noqa: F811
+def trained(dev_cluster, tmp_path_factory):
     from fashiontune.shards.build import build_shards
     from fashiontune.shards.config import ShardBuildConfig
     from fashiontune.synth import generate
