@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -168,3 +171,12 @@ def test_requeue_is_recorded_in_the_run_dir_and_bounded_per_submission(tmp_path,
     records = [json.loads(x) for x in (tmp_path / "launch/requeues.jsonl").read_text().splitlines()]
     assert [(r["job_id"], r["n"]) for r in records] == [("101", 1), ("101", 2), ("202", 1)]
     assert requeue_count(tmp_path) == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to run as another user")
+def test_dev_cluster_start_refuses_non_root_with_exit_3_and_the_reason():
+    # exit 3 is what makes the slurm tests skip (machine cannot host the cluster) instead of fail
+    p = subprocess.run(["runuser", "-u", "nobody", "--", "bash", str(REPO / "slurm/dev-cluster/start.sh")],
+                       env={**os.environ, "DEV_SLURM_PARTITION": "no-such-partition"}, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 3 and "must run as root" in p.stderr
