@@ -11,7 +11,6 @@ requeued job resumes from the newest complete checkpoint there. Requeues are cou
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import time
@@ -20,9 +19,6 @@ from typing import Any
 
 from fashiontune.launch import env as dist_env
 from fashiontune.launch import registry
-
-log = logging.getLogger("fashiontune.launch")
-
 
 class RequeueLimitReached(RuntimeError):
     pass
