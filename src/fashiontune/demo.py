@@ -14,10 +14,12 @@ import json
 import time
 from pathlib import Path
 
-# (corpus format, train experiment config, label fields the evaluation reports)
+# (corpus format, train experiment config, its overrides, label fields the evaluation reports).
+# The softmax study uses the tiny ResNet tower: from random init on CPU it reaches ~0.97 val accuracy in
+# 4 epochs where the tiny ViT gets ~0.6 (measured on the demo corpus).
 STUDIES = (
-    ("kagl", "configs/tiny-kagl-softmax.yaml", ["subCategory", "articleType", "baseColour"]),
-    ("deepfashion-mm", "configs/tiny-deepfashion-contrastive.yaml", ["category", "sleeve_length", "pattern_upper"]),
+    ("kagl", "configs/tiny-kagl-softmax.yaml", ["model.name=ft-tiny-rn"], ["subCategory", "articleType", "baseColour"]),
+    ("deepfashion-mm", "configs/tiny-deepfashion-contrastive.yaml", [], ["category", "sleeve_length", "pattern_upper"]),
 )
 
 
@@ -55,11 +57,11 @@ def _shards(fmt: str, root: Path, n: int, seed: int) -> Path:
     return out
 
 
-def _train(config: str, shards: Path, root: Path, epochs: int) -> dict:
+def _train(config: str, extra: list[str], shards: Path, root: Path, epochs: int) -> dict:
     from fashiontune.train.config import load_train_config
     from fashiontune.train.loop import run_training
 
-    overrides = [f"data.shards={shards}", f"out_dir={root / 'runs'}"]
+    overrides = [f"data.shards={shards}", f"out_dir={root / 'runs'}", *extra]
     if epochs:
         overrides.append(f"loop.epochs={epochs}")
     cfg = load_train_config(config, overrides)
@@ -95,12 +97,12 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.out)
     t0 = time.perf_counter()
     sections = []
-    for fmt, config, fields in STUDIES:
+    for fmt, config, extra, fields in STUDIES:
         t = _stage(f"{fmt}: synthetic corpus -> shards")
         shards = _shards(fmt, root, args.n, args.seed)
         print(f"({time.perf_counter() - t:.0f} s)")
         t = _stage(f"{fmt}: train ({config})")
-        trained = _train(config, shards, root, args.epochs)
+        trained = _train(config, extra, shards, root, args.epochs)
         print(f"({time.perf_counter() - t:.0f} s)")
         t = _stage(f"{fmt}: evaluate on the full test split")
         results = _eval(Path(trained["run_dir"]), shards, fields)
