@@ -1,0 +1,26 @@
+"""`make demo` stays true: the whole chain on a tiny corpus (~1 min on 2 cores)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_chain(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "fashiontune", "demo", "--out", str(out), "--n", "160",
+                           "--epochs", "1"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = (out / "results.md").read_text()
+    assert "subCategory/classify" in text and "t2i" in text and "i2t" in text
+    for run in ("tiny-kagl-softmax", "tiny-deepfashion-contrastive"):
+        results = json.loads((out / "runs" / run / "eval-test" / "results.json").read_text())
+        manifest = json.loads((out / "shards" / ("kagl" if "kagl" in run else "deepfashion-mm") / "manifest.json").read_text())
+        assert results["items"] == manifest["splits"]["test"]["count"]  # the whole split, not a batch
+        assert (out / "runs" / run / "export" / "open_clip_pytorch_model.bin").is_file()
+        assert list((out / "runs" / run / "plots").glob("*.png"))
