@@ -6,7 +6,7 @@ each in a fresh subprocess with the same thread settings. Throughput = samples /
 epoch (data waits included; model build, validation and checkpoints excluded on both sides). Also prints the
 loader-only samples/s of our pipeline (fashiontune.data.measure_loader_throughput).
 
-    python bench/train.py [--n 1200] [--batch 32] [--precision fp32] [--workers 1] [--out /tmp/ft-bench]
+    python bench/train.py [--n 3000] [--batch 32] [--precision fp32] [--workers 1] [--out /tmp/ft-bench]
 
 open_clip_train imports pandas at module level (only its CSV dataset uses it); where pandas is not
 installed the open_clip side runs with an empty stand-in module, which the webdataset path never touches.
@@ -79,7 +79,7 @@ def openclip(a: argparse.Namespace, shards: Path) -> dict:
         "--model", MODEL, "--batch-size", str(a.batch), "--precision", {"fp32": "fp32", "bf16": "amp_bf16"}[a.precision],
         "--epochs", "1", "--workers", str(a.workers), "--logs", f"{a.out}/openclip-logs", "--name", f"bench-{time.time_ns()}",
         "--save-frequency", "0", "--report-to", "", "--log-every-n-steps", "1000", "--lr", "1e-4", "--warmup", "1",
-        "--seed", "0",
+        "--seed", "0", "--grad-clip-norm", "1.0",  # ours clips at optim.grad_clip=1.0 by default
     ])
     return {"samples_per_s": timing["samples"] / timing["seconds"], "seconds": timing["seconds"], "steps": timing["steps"]}
 
@@ -102,7 +102,7 @@ def worker(a: argparse.Namespace) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=1200, help="synthetic kagl items (90%% train)")
+    p.add_argument("--n", type=int, default=3000, help="synthetic kagl items (90%% train)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--workers", type=int, default=1)

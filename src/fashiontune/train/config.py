@@ -41,6 +41,7 @@ class OptimConfig:
     beta2: float = 0.98
     eps: float = 1e-6
     grad_clip: float = 1.0  # max global grad norm; 0 = off
+    fused: bool = True  # torch's fused AdamW kernel (CPU and CUDA); false = the reference per-tensor loop
 
 
 @dataclass
