@@ -13,6 +13,7 @@ computation up to float summation order: weights must agree to 1e-4 after 6 Adam
 - DeepSpeed ZeRO-2, 2 processes: stopped after a checkpoint at step 3 and resumed (a second launch) to step 6,
   equals the same 1-process run: so it trains, saves (partitioned optimizer state) and resumes.
 - Contrastive with feature-cache accumulation and DDP no_sync: 2 processes == 1 process.
+- DeepSpeed ZeRO-3: the gathered export equals the 1-process weights.
 Cost: ~45-100 s per launch on 2 busy cores (process start-up dominates); 4 launches + 2 in-process runs.
 """
 
@@ -136,3 +137,12 @@ def test_ddp_contrastive_with_accumulation_matches_one_process(kagl, tmp_path):
     assert r["world_size"] == 2 and r["samples_seen"] == ref["samples_seen"] == 4 * 16
     assert max_diff(tmp_path / "ddp", tmp_path / "ref") < TOL
     assert r["final"]["loss"] == pytest.approx(ref["final"]["loss"], abs=1e-3)
+
+
+def test_deepspeed_zero3_export_gathers_the_partitioned_weights(kagl, reference, tmp_path):
+    """ZeRO-3 partitions the parameters themselves: the export must gather them (collectively) into a full
+    open_clip checkpoint, equal to the 1-process run's weights."""
+    launch(*common(kagl, tmp_path, "zero3"), "dist.strategy=deepspeed", "data.workers=0",
+           f"dist.deepspeed_config={ROOT / 'configs/deepspeed/zero3.json'}")
+    assert results(tmp_path / "zero3")["skipped_steps"] == 1
+    assert max_diff(tmp_path / "zero3", reference) < TOL
