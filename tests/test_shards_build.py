@@ -25,7 +25,7 @@ from fashiontune.shards.config import ShardBuildConfig, parse_splits
 from fashiontune.shards.errors import BuildError
 from fashiontune.shards.manifest import load_manifest
 from fashiontune.shards.plan import assign_split
-from fashiontune.shards.testing import REPAIRED, REPORTED, ListSource, make_corpus
+from fashiontune.shards.testing import REPAIRED, REPORTED, ListSource, make_corpus, read_samples
 from fashiontune.shards.verify import verify
 
 N = 40
@@ -49,18 +49,7 @@ def tree(out: Path, skip=("config.yaml",)) -> dict[str, bytes]:
             and str(p.relative_to(out)) not in skip}
 
 
-def samples(out: Path) -> dict[str, dict]:
-    """key -> {split, shard, json} read straight from the tars."""
-    got = {}
-    for tar in sorted(out.glob("*/shard-*.tar")):
-        with tarfile.open(tar) as tf:
-            for ti in tf:
-                key, _, ext = ti.name.partition(".")
-                if ext == "json":
-                    meta = json.loads(tf.extractfile(ti).read())
-                    assert key not in got, f"{key} written twice"
-                    got[key] = {"split": tar.parent.name, "shard": tar.name, "json": meta}
-    return got
+samples = read_samples
 
 
 def test_two_builds_are_byte_identical(corpus, tmp_path):

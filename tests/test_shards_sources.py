@@ -4,7 +4,6 @@ listed item is in exactly one place: a shard, or errors.jsonl with a reason. Cos
 
 import csv
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from fashiontune.cli import main
 from fashiontune.records import Skip
 from fashiontune.shards.manifest import load_manifest
+from fashiontune.shards.testing import read_samples
 from fashiontune.sources import get_source
 from fashiontune.synth import FORMATS, generate, load_quirks
 
@@ -27,14 +27,7 @@ def build(source: str, inp: Path, out: Path) -> dict:
 
 
 def shard_samples(out: Path) -> dict[str, dict]:
-    got = {}
-    for tar in sorted(out.glob("*/shard-*.tar")):
-        with tarfile.open(tar) as tf:
-            for ti in tf:
-                key, _, ext = ti.name.partition(".")
-                if ext == "json":
-                    got[key] = json.loads(tf.extractfile(ti).read())
-    return got
+    return {k: v["json"] for k, v in read_samples(out).items()}
 
 
 def account(source: str, inp: Path, out: Path, m: dict):

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from fashiontune.cli import main
-from fashiontune.launch import devcluster
 from fashiontune.launch import submit as S
 from fashiontune.launch.cluster import load_cluster
 from fashiontune.launch.runner import requeue_count
@@ -24,17 +23,6 @@ from fashiontune.launch.smoke import SmokeConfig, expected_acc
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
-
-
-@pytest.fixture(scope="session")
-def dev_cluster():
-    c = devcluster.start()
-    if c.cannot_host:
-        pytest.skip(f"dev SLURM cluster cannot start on this machine: {c.output}")
-    if not c.ok:
-        pytest.fail(f"slurm/dev-cluster/start.sh failed:\n{c.output}")
-    print(f"dev cluster ready in {c.seconds:.1f} s: {c.output}")
-    return c
 
 
 def _cluster_args(tmp_path) -> list[str]:

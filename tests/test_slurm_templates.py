@@ -15,19 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from fashiontune.launch import devcluster
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
-
-
-@pytest.fixture(scope="module")
-def dev_cluster():
-    c = devcluster.start()  # idempotent: ~0.1 s when the cluster is up
-    if c.cannot_host:
-        pytest.skip(f"dev SLURM cluster cannot start on this machine: {c.output}")
-    assert c.ok, f"slurm/dev-cluster/start.sh failed:\n{c.output}"
-    return c
 
 
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}

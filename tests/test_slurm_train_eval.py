@@ -14,22 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from fashiontune.launch import devcluster
 from fashiontune.launch import submit as S
 from fashiontune.launch.cluster import load_cluster
 from fashiontune.launch.runner import requeue_count
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def dev_cluster():
-    c = devcluster.start()  # idempotent: ~0.1 s when the cluster is up
-    if c.cannot_host:
-        pytest.skip(f"dev SLURM cluster cannot start on this machine: {c.output}")
-    assert c.ok, f"slurm/dev-cluster/start.sh failed:\n{c.output}"
-    return c
 
 
 STEPS, EVERY = 24, 4

@@ -7,7 +7,9 @@ tested on every image quirk without depending on an adapter, and deterministical
 from __future__ import annotations
 
 import io
+import json
 import random
+import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -137,3 +139,17 @@ def make_corpus(
             )
         )
     return items
+
+
+def read_samples(out: Path) -> dict[str, dict]:
+    """key -> {split, shard, json} read straight from a build's tars (no webdataset: tests check its format)."""
+    got: dict[str, dict] = {}
+    for tar in sorted(Path(out).glob("*/shard-*.tar")):
+        with tarfile.open(tar) as tf:
+            for ti in tf:
+                key, _, ext = ti.name.partition(".")
+                if ext == "json":
+                    meta = json.loads(tf.extractfile(ti).read())
+                    assert key not in got, f"{key} written twice"
+                    got[key] = {"split": tar.parent.name, "shard": tar.name, "json": meta}
+    return got
