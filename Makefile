@@ -26,8 +26,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not slurm and not distributed" $(PYTEST_ARGS)
 
+# Benchmarks print ratios against a peer measured in the same run (minutes each on 2 cores).
 bench: setup
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/shards.py
+	$(PY) bench/train.py
+	$(PY) bench/eval.py
 
 slurm-up:
 	bash slurm/dev-cluster/start.sh

@@ -8,8 +8,7 @@ loader-only samples/s of our pipeline (fashiontune.data.measure_loader_throughpu
 
     python bench/train.py [--n 3000] [--batch 32] [--precision fp32] [--workers 1] [--out /tmp/ft-bench]
 
-open_clip_train imports pandas at module level (only its CSV dataset uses it); where pandas is not
-installed the open_clip side runs with an empty stand-in module, which the webdataset path never touches.
+open_clip_train imports pandas at module level: `make bench` installs the `bench` extra, which has it.
 """
 
 from __future__ import annotations
@@ -39,15 +38,11 @@ def ours(a: argparse.Namespace, shards: Path) -> dict:
 
 
 def openclip(a: argparse.Namespace, shards: Path) -> dict:
-    import importlib.machinery
-    import types
-
     try:
-        import pandas  # noqa: F401
+        import pandas  # noqa: F401  (open_clip_train imports it at module level)
     except ImportError:
-        stub = types.ModuleType("pandas")
-        stub.__spec__ = importlib.machinery.ModuleSpec("pandas", None)
-        sys.modules["pandas"] = stub
+        raise SystemExit("bench/train.py: open_clip_train needs pandas: run `make bench` or "
+                         "`.venv/bin/pip install -e .[bench]`.")
     import open_clip_train.data as ocd
     import open_clip_train.main as ocm
     import webdataset as wds
