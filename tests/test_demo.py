@@ -18,9 +18,11 @@ def test_demo_runs_the_whole_chain(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = (out / "results.md").read_text()
     assert "subCategory/classify" in text and "t2i" in text and "i2t" in text
+    assert "| kagl | subCategory accuracy (softmax head) |" in text and "(random init)" in text
     for run in ("tiny-kagl-softmax", "tiny-deepfashion-contrastive"):
         results = json.loads((out / "runs" / run / "eval-test" / "results.json").read_text())
         manifest = json.loads((out / "shards" / ("kagl" if "kagl" in run else "deepfashion-mm") / "manifest.json").read_text())
         assert results["items"] == manifest["splits"]["test"]["count"]  # the whole split, not a batch
         assert (out / "runs" / run / "export" / "open_clip_pytorch_model.bin").is_file()
         assert list((out / "runs" / run / "plots").glob("*.png"))
+        assert (out / "runs" / run / "eval-untrained" / "results.json").is_file()  # the baseline column
