@@ -60,9 +60,11 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
 
 
 def plot_confusion(last_eval: dict[str, Any], out_dir: Path, max_classes: int = 60) -> list[Path]:
+    """One confusion matrix per single-label field of the last validation (drawn like the eval job's)."""
     from sklearn.metrics import confusion_matrix
 
-    plt = _plt()
+    from fashiontune.eval.plots import confusion_png
+
     written: list[Path] = []
     for field, ev in (last_eval or {}).items():
         if not isinstance(ev, dict) or ev.get("multi") or "y_true" not in ev or "vocab" not in ev:
@@ -71,20 +73,7 @@ def plot_confusion(last_eval: dict[str, Any], out_dir: Path, max_classes: int = 
         if len(vocab) > max_classes or len(ev["y_true"]) == 0:
             continue
         cm = confusion_matrix(np.asarray(ev["y_true"]), np.asarray(ev["y_pred"]), labels=list(range(len(vocab))))
-        size = max(4.0, 0.28 * len(vocab) + 2)
-        fig, ax = plt.subplots(figsize=(size, size))
-        ax.imshow(cm, cmap="Blues")
-        ax.set_xticks(range(len(vocab)), vocab, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(vocab)), vocab, fontsize=7)
-        ax.set(xlabel="predicted", ylabel="true", title=f"confusion: {field}")
-        if len(vocab) <= 15:
-            for i in range(len(vocab)):
-                for j in range(len(vocab)):
-                    if cm[i, j]:
-                        ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7)
-        fig.tight_layout()
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in field)
-        written.append(out_dir / f"confusion_{safe}.png")
-        fig.savefig(written[-1], dpi=80)
-        plt.close(fig)
+        written.append(confusion_png(cm, vocab, out_dir / f"confusion_{safe}.png",
+                                     title=f"validation confusion: {field} (row-normalised)"))
     return written
