@@ -8,7 +8,8 @@ from typing import Sequence
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: cluster nodes and CI have no display."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,9 +18,19 @@ def _plt():
     return plt
 
 
+def save_png(fig, path: str | Path, dpi: int) -> Path:
+    """Lay out, write (creating the folder) and close `fig`; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 def confusion_png(cm: np.ndarray | list, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (rows = true class), raw counts in the cells when it is small."""
-    plt = _plt()
+    plt = pyplot()
     cm = np.asarray(cm, dtype=np.float64)
     n = len(class_names)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -39,12 +50,7 @@ def confusion_png(cm: np.ndarray | list, class_names: Sequence[str], path: str |
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title or "confusion matrix (row-normalised)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def topk_grid_png(
@@ -52,7 +58,7 @@ def topk_grid_png(
 ) -> Path:
     """One row per query: (query text, [(PIL image or None, caption, relevant), ...]); relevant hits get a
     green frame, others red."""
-    plt = _plt()
+    plt = pyplot()
     n_rows = max(1, len(rows))
     n_cols = max([len(r[1]) for r in rows] + [1])
     fig, axes = plt.subplots(n_rows, n_cols + 1, figsize=(1.8 * (n_cols + 1), 2.0 * n_rows), squeeze=False)
@@ -75,12 +81,7 @@ def topk_grid_png(
             ax.set_title(f"{c + 1}. {_wrap(caption, 18, 2)}", fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=90)
 
 
 def _wrap(text: str, width: int, max_lines: int = 6) -> str:

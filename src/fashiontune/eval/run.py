@@ -22,6 +22,7 @@ from fashiontune.eval.heads import head_logits, load_export_heads
 from fashiontune.eval.plots import confusion_png, topk_grid_png
 from fashiontune.eval.report import format_table
 from fashiontune.eval.retrieval import category_metrics, rank_metrics, retrieval_ranks
+from fashiontune.shards.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,6 @@ def _dist_state():
     # cpu=True lets accelerate see a torchrun / `accelerate launch --multi_gpu` env on a GPU-less machine as
     # MULTI_CPU (gloo); without it such ranks would each think they are alone.
     return PartialState(cpu=not torch.cuda.is_available())
-
-
-def _load_manifest(shards_dir: Path) -> dict:
-    try:
-        from fashiontune.shards.manifest import load_manifest
-    except ImportError:  # builder not installed: plain JSON
-        path = shards_dir / "manifest.json"
-        if not path.is_file():
-            raise E.ShardReadError(f"{path} does not exist: set data.shards to a directory built by `fashiontune shards build`.")
-        return json.loads(path.read_text())
-    return load_manifest(shards_dir)
 
 
 def out_dir(cfg: EvalConfig) -> Path:
@@ -110,7 +100,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     cache_dir = out / "embeddings"
     if state.is_main_process:
         save_config(cfg, out)
-    manifest = _load_manifest(Path(cfg.data.shards))
+    manifest = load_manifest(Path(cfg.data.shards))
     fields = _fields(cfg, manifest)
     from fashiontune.eval.model import fingerprint
 
@@ -227,7 +217,7 @@ def _grid(cfg: EvalConfig, corpus: E.Corpus, topk: torch.Tensor, path: Path) -> 
     qs = sorted({pool[int(i)] for i in np.linspace(0, len(pool) - 1, min(cfg.plots.grid_queries, len(pool)))})
     k = min(cfg.plots.grid_k, topk.shape[1])
     want = {int(j) for q in qs for j in topk[q, :k]}
-    manifest = _load_manifest(Path(cfg.data.shards))
+    manifest = load_manifest(Path(cfg.data.shards))
     shards = E.split_shards(manifest, Path(cfg.data.shards), cfg.data.split)
     images = {}
     from PIL import Image

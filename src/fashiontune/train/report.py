@@ -8,19 +8,11 @@ from typing import Any
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: cluster nodes and CI have no display
-    import matplotlib.pyplot as plt
-
-    return plt
+from fashiontune.eval.plots import confusion_png, pyplot, save_png
 
 
 def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
-    plt = _plt()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     written: list[Path] = []
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
@@ -35,10 +27,7 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
         axes[0].legend()
         axes[1].plot(steps, [r.get("lr", np.nan) for r in train])
         axes[1].set(xlabel="step", ylabel="lr", title="learning rate")
-        fig.tight_layout()
-        written.append(out_dir / "loss.png")
-        fig.savefig(written[-1], dpi=80)
-        plt.close(fig)
+        written.append(save_png(fig, out_dir / "loss.png", dpi=80))
     keys = sorted({k for r in val for k, v in r.items()
                    if isinstance(v, (int, float)) and k not in ("step", "epoch", "loss", "count", "samples")
                    and not k.endswith("count")})
@@ -52,18 +41,13 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
             ax.set(title=k, xlabel="step")
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
-        fig.tight_layout()
-        written.append(out_dir / "metrics.png")
-        fig.savefig(written[-1], dpi=80)
-        plt.close(fig)
+        written.append(save_png(fig, out_dir / "metrics.png", dpi=80))
     return written
 
 
 def plot_confusion(last_eval: dict[str, Any], out_dir: Path, max_classes: int = 60) -> list[Path]:
     """One confusion matrix per single-label field of the last validation (drawn like the eval job's)."""
     from sklearn.metrics import confusion_matrix
-
-    from fashiontune.eval.plots import confusion_png
 
     written: list[Path] = []
     for field, ev in (last_eval or {}).items():
