@@ -18,6 +18,7 @@ import open_clip
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .config import Backbone, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def register_model_configs() -> None:
 register_model_configs()
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model or its weights cannot be built here; the message says what to pass instead."""
 
 

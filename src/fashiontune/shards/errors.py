@@ -1,9 +1,11 @@
 """Errors of the shard builder that a user acts on (the message says what to do)."""
 
+from fashiontune.errors import UserError
 
-class BuildError(RuntimeError):
+
+class BuildError(UserError, RuntimeError):
     """The build cannot finish: missing shards at merge, too many bad inputs, a worker crash."""
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A shard directory without a readable manifest.json."""

@@ -20,11 +20,12 @@ import open_clip
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..models import Backbone, LoadedModel
 from .config import FreezeConfig, FreezeMode, PromptConfig, TaskConfig
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """A task config that does not fit the model or the shards; the message names the key and the fix."""
 
 
