@@ -1,13 +1,20 @@
 """`fashiontune <command> ...`: one console script; each command lives in its own module, imported lazily
-so that `fashiontune synth` or `shards` does not pay for importing torch."""
+so that `fashiontune synth` or `shards` does not pay for importing torch.
+
+Errors: anything a user must fix (a `fashiontune.errors.UserError`: config key, file, shard, model path)
+prints as ONE line `fashiontune <command>: <message>` and exits 2; `--debug` (or FASHIONTUNE_DEBUG=1) adds
+the traceback. Any other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
-from fashiontune.config import ConfigError
+from fashiontune.errors import UserError, one_line
 
 # command -> module exposing `add_arguments(parser)` and `run(args) -> int`
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -18,11 +25,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("fashiontune.launch.cli", "run a job on SLURM (or submitit's local executor)"),
     "demo": ("fashiontune.demo", "synthetic corpus -> shards -> train -> eval -> report, on CPU"),
 }
+DEBUG_HELP = "on an error, also print the Python traceback (same as FASHIONTUNE_DEBUG=1)"
+
+
+def debug_enabled(flag: bool = False) -> bool:
+    return flag or os.environ.get("FASHIONTUNE_DEBUG", "") not in ("", "0")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `--debug` is accepted anywhere (before or after the command and its sub-commands)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = argparse.ArgumentParser(prog="fashiontune", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
@@ -33,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
-    except ConfigError as e:
-        print(f"fashiontune {args.command}: config error: {e}", file=sys.stderr)
+    except UserError as e:
+        if debug_enabled(debug):
+            traceback.print_exc()
+            if getattr(e, "worker_traceback", ""):  # raised in a DataLoader worker: its own traceback
+                print(e.worker_traceback, file=sys.stderr)
+        print(f"fashiontune {args.command}: {one_line(e)}", file=sys.stderr, flush=True)
         return 2

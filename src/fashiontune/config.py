@@ -16,10 +16,11 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from fashiontune.errors import UserError
+from fashiontune.errors import UserError, one_line
 
 T = TypeVar("T")
 
@@ -57,6 +58,32 @@ def _explain(exc: OmegaConfBaseException, schema: type, source: str) -> ConfigEr
     return ConfigError(f"{source}: {exc}")
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else str(problem)
+
+
+def _load_yaml_mapping(p: Path) -> DictConfig:
+    """A config file's contents; it must be a YAML mapping (`key: value` lines) or empty."""
+    try:
+        text = p.read_text(encoding="utf-8")
+        node = yaml.compose(text)  # the document's top-level node, without building it
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the config file as UTF-8 YAML.") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML at {_yaml_problem(e)}; fix that line (see configs/ for examples).") from e
+    if node is not None and not isinstance(node, yaml.MappingNode):
+        kind = "a list" if isinstance(node, yaml.SequenceNode) else f"a single value ({node.value!r})"
+        raise ConfigError(
+            f"{p}: the top level is {kind}, but a config file must be a mapping of keys, e.g. "
+            "'name: my-run' and 'optim:' followed by indented '  lr: 1e-4' (see configs/ for examples)."
+        )
+    try:
+        return OmegaConf.load(p)  # type: ignore[return-value]
+    except Exception as e:  # duplicate keys and the like, found by OmegaConf's own loader
+        raise ConfigError(f"{p}: {one_line(e)}") from e
+
+
 def load_config(
     schema: type[T],
     path: str | Path | None = None,
@@ -69,15 +96,16 @@ def load_config(
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist: pass an existing YAML file (see configs/).")
-        try:
-            layers.append((str(p), OmegaConf.load(p)))
-        except Exception as e:  # yaml.YAMLError and friends
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-    bad = [o for o in overrides if "=" not in o]
+        layers.append((str(p), _load_yaml_mapping(p)))
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"command-line override {bad[0]!r} is not of the form key=value (e.g. train.lr=1e-4).")
-    if overrides:
-        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+    for o in overrides:
+        try:
+            layers.append(("command line", OmegaConf.from_dotlist([o])))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"command line: the value of {o!r} is not valid YAML ({_yaml_problem(e)}); "
+                              "quote it, e.g. 'name=\"a: b\"', or fix the brackets of a list.") from e
     cfg = base
     for source, layer in layers:
         try:
