@@ -17,6 +17,7 @@ import torch
 
 from .config import Backbone
 from .loading import LoadedModel
+from .safeload import load_tensors
 
 OPEN_CLIP_WEIGHTS = "open_clip_pytorch_model.bin"
 TIMM_WEIGHTS = "pytorch_model.bin"
@@ -66,5 +67,7 @@ def save_heads(out_dir: str | Path, heads: Mapping[str, torch.Tensor], meta: Map
 
 
 def load_heads(out_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """heads.pt through the weights-only loader (a crafted file is refused with UnsafeFileError)."""
     out = Path(out_dir)
-    return torch.load(out / "heads.pt", map_location="cpu", weights_only=True), json.loads((out / "heads.json").read_text())
+    heads = load_tensors(out / "heads.pt", hint="Re-export the model (fashiontune train writes heads.pt).")
+    return heads, json.loads((out / "heads.json").read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -20,6 +21,8 @@ from torch import nn
 
 from ..errors import UserError
 from .config import Backbone, ModelConfig
+from .errors import ModelLoadError, UnsafeFileError
+from .safeload import refused
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,10 @@ class LoadedModel:
         return self.backbone == Backbone.open_clip and self.tokenizer is not None
 
 
+_TRUST_HINT = ("Pass weights saved as a plain state dict of tensors (fashiontune's export, open_clip or timm "
+               "releases) or a .safetensors file.")
+
+
 def _fix_hint(what: str, example_file: str) -> str:
     return (
         f"Pass instead one of: model.pretrained=/path/to/{example_file} (a local checkpoint of {what}), "
@@ -113,7 +120,10 @@ def _load_open_clip(cfg: ModelConfig) -> LoadedModel:
             force_image_size=cfg.image_size,
             force_context_length=cfg.context_length,
             aug_cfg={"scale": (cfg.aug_scale_min, cfg.aug_scale_max)},
+            weights_only=True,  # never run code from a weights file (see models/safeload.py)
         )
+    except pickle.UnpicklingError as e:
+        raise UnsafeFileError(refused(Path(pretrained), _TRUST_HINT)) from e
     except (RuntimeError, OSError, ValueError) as e:
         src = f"checkpoint file {pretrained}" if is_file else f"pretrained tag '{pretrained}'"
         why = "does not match the architecture" if is_file else "could not be downloaded or found in the cache"
@@ -176,6 +186,8 @@ def _load_timm(cfg: ModelConfig) -> LoadedModel:
             full = name if pretrained == "default" else f"{name}.{pretrained}"
             model = _create_timm(full, cfg.image_size, pretrained=True, cache_dir=cfg.cache_dir)
     except Exception as e:  # timm/hf raise many types offline (OSError, LocalEntryNotFoundError, RuntimeError)
+        if isinstance(e.__cause__, pickle.UnpicklingError):  # timm's weights_only=True load refused the file
+            raise UnsafeFileError(refused(Path(pretrained), _TRUST_HINT)) from e
         raise ModelLoadError(
             f"timm model '{name}' with model.pretrained='{pretrained}': weights could not be loaded "
             f"({str(e).splitlines()[0][:300]}). " + _fix_hint(f"timm '{name}'", "pytorch_model.bin")

@@ -6,7 +6,9 @@
 
 Resume is automatic and idempotent: a job started again with the same run directory (a SLURM requeue, a
 crash, `loop.stop_after_steps`) restores the newest complete checkpoint (weights, optimiser, schedule, RNG,
-data position, counters) and continues; a finished run started again only re-writes its report.
+data position, counters, best) and continues; a finished run started again only re-writes its report.
+All the work of a step (its end-of-epoch or final validation and best export included) is done before the
+checkpoint of that step is saved, so a resumed run repeats exactly what a kill cut off, never less.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from fashiontune.train.logs import RunLogger, Throughput, read_metrics
 from fashiontune.train.optim import build_optimizer, build_scheduler
 from fashiontune.train.report import plot_confusion, plot_curves
 from fashiontune.train.step import StepRunner
+from fashiontune.train.testing import fault_point
 
 
 def _chunks(it: Iterator[dict], n: int) -> Iterator[list[dict]]:
@@ -88,7 +91,7 @@ class _Evaluator:
             self.task.module = wrapped
 
 
-def _export(acc, task, out: Path) -> None:
+def _export(acc, task, out: Path, step: int) -> None:
     """Best-so-far export, atomic: write <run>/.export-tmp, then swap it in for <run>/export."""
     state = acc.get_state_dict(task.module) if _zero3(acc) else None  # collective under ZeRO-3
     if acc.is_main_process:
@@ -98,6 +101,7 @@ def _export(acc, task, out: Path) -> None:
         task.export(tmp, state_dict=state)
         if out.exists():
             os.replace(out, old)
+        fault_point("export", step)  # test hook: a kill here leaves no export/ (the next run writes it again)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
@@ -152,7 +156,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         task.module = task.module.to(acc.device)
         evaluator = _Evaluator(acc, task, val_loader, cfg.log.eval_max_batches) if val_loader else None
         val = evaluator() if evaluator else {}
-        _export(acc, task, run_dir / "export")
+        _export(acc, task, run_dir / "export", 0)
         results.update(step=0, final=val, best={"metric": metric, "value": val.get(metric), "step": 0})
         return _finish(acc, task, cfg, results, t_start)
 
@@ -164,15 +168,14 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     optimizer = build_optimizer(task.module, cfg.optim)
     scheduler = build_scheduler(optimizer, total_steps, cfg.schedule)
     # The scheduler is not prepared: accelerate would step it once per process per call; we step it once per
-    # optimiser step (also under DeepSpeed) and checkpoint it as a registered object.
+    # optimiser step (also under DeepSpeed); the checkpoint keeps its state as JSON.
     task.module, optimizer = acc.prepare(task.module, optimizer)
-    acc.register_for_checkpointing(scheduler)
     runner = StepRunner(acc, task, optimizer, scheduler, cfg.optim.grad_clip, cfg.loop.max_bad_steps,
                         cfg.loop.nan_steps, cfg.loop.nan_ranks)
     evaluator = _Evaluator(acc, task, val_loader, cfg.log.eval_max_batches) if val_loader else None
-    ckpt = CheckpointManager(acc, run_dir / "checkpoints", cfg.checkpoint.keep_last)
+    ckpt = CheckpointManager(acc, run_dir / "checkpoints", cfg.checkpoint.keep_last, task.module, optimizer, scheduler)
 
-    step, epoch, samples_seen = 0, 0, 0
+    step, epoch, samples_seen, last_val_step = 0, 0, 0, -1
     best: dict[str, Any] = {"metric": metric, "value": None, "step": None}
     resumed = ckpt.load_latest() if cfg.checkpoint.resume else None
     if resumed:
@@ -180,25 +183,27 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         train_loader.load_state_dict(resumed["data"])
         runner.load_state_dict(resumed.get("runner", {}))
         best = resumed.get("best", best)
+        last_val_step = resumed.get("last_val_step", -1)  # a validation already done at the checkpoint's step
         if main:
             print(f"fashiontune train: resumed from {resumed['path']} (step {step}, epoch {epoch})", flush=True)
     results["resumed_from_step"] = step
 
     logger = RunLogger(run_dir, main, cfg.log.tensorboard, cfg.log.progress, total_steps, step)
     meter = Throughput()
-    last_val_step = -1
+    last_val: dict[str, float] = {}
 
     def trainer_state(data_pos: dict) -> dict:
         return {"step": step, "epoch": epoch, "samples_seen": samples_seen, "data": data_pos,
-                "runner": runner.state_dict(), "best": best, "total_steps": total_steps}
+                "runner": runner.state_dict(), "best": best, "total_steps": total_steps,
+                "last_val_step": last_val_step}
 
     paused = 0.0  # seconds spent validating / checkpointing, left out of the training throughput
 
     def validate() -> dict[str, float]:
-        nonlocal last_val_step, best, paused
+        nonlocal last_val_step, last_val, best, paused
         t0 = time.perf_counter()
         val = evaluator()
-        last_val_step = step
+        last_val_step, last_val = step, val
         logger.log({"kind": "val", "step": step, "epoch": epoch, **val})
         if metric not in val:
             raise ConfigError(f"checkpoint.best_metric={metric!r} is not a validation metric of task "
@@ -206,8 +211,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         if _better(val[metric], best["value"], higher):
             best = {"metric": metric, "value": val[metric], "step": step}
             if cfg.checkpoint.export_best:
-                _export(acc, task, run_dir / "export")
+                _export(acc, task, run_dir / "export", step)
         paused += time.perf_counter() - t0
+        fault_point("val", step)
         return val
 
     t_loop, step_at_start, samples_at_start = time.perf_counter(), step, samples_seen
@@ -221,6 +227,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             micro = [to_device(b, acc.device) for b in micro]
             logs = runner.run(micro, step)
             step += 1
+            fault_point("step", step)
             n_local = sum(_n_samples(b) for b in micro)
             samples_seen += n_local * acc.num_processes
             meter.add(n_local * acc.num_processes)
@@ -235,12 +242,14 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                             "samples_per_s": rate, "skipped_total": runner.skipped_total})
                 if logger.bar is not None:
                     logger.bar.set_postfix({"loss": f"{loss:.4g}", "samples/s": f"{rate:.1f}"}, refresh=False)
-            if evaluator and cfg.log.eval_every_steps and step % cfg.log.eval_every_steps == 0:
-                validate()
+            done = train_loader.state_dict()["batches"] >= len(train_loader)  # this epoch's data is used up
+            periodic = cfg.log.eval_every_steps and step % cfg.log.eval_every_steps == 0
+            epoch_end = done and not cfg.log.eval_every_steps
+            if evaluator and (periodic or epoch_end or step == total_steps):
+                validate()  # before this step's checkpoint: a resumed run never skips it (nor repeats it)
                 task.module.train()
             stop_early = bool(cfg.loop.stop_after_steps) and cfg.loop.stop_after_steps <= step < total_steps
             if (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or stop_early:
-                done = train_loader.state_dict()["batches"] >= len(train_loader)
                 pos = {**train_loader.state_dict(), **({"epoch": epoch + 1, "batches": 0} if done else {})}
                 t0 = time.perf_counter()
                 ckpt.save(step, {**trainer_state(pos), **({"epoch": epoch + 1} if done else {})})
@@ -249,8 +258,6 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                 break
         at_epoch_end = train_loader.state_dict()["batches"] >= len(train_loader)
         if at_epoch_end:
-            if evaluator and not cfg.log.eval_every_steps and step < total_steps:
-                validate()  # end-of-epoch validation (the last epoch's is the final one below)
             epoch += 1
     logger.close()
     train_s = time.perf_counter() - t_loop - paused
@@ -268,10 +275,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         pos = {**train_loader.state_dict(), "epoch": epoch, "batches": 0} if at_epoch_end else train_loader.state_dict()
         ckpt.save(step, trainer_state(pos))
     val = {}
-    if evaluator:
-        val = validate() if last_val_step != step else _last_val(run_dir, step, main, acc)
+    if evaluator:  # the final validation ran at the last step, here or before the checkpoint resumed from
+        val = validate() if last_val_step != step else (last_val or _last_val(run_dir, step, main, acc))
     if not cfg.checkpoint.export_best or best["value"] is None:
-        _export(acc, task, run_dir / "export")  # nothing validated: export the final weights
+        _export(acc, task, run_dir / "export", step)  # nothing validated: export the final weights
     rates = [r.get("samples_per_s") for r in read_metrics(run_dir / "metrics.jsonl")
              if r.get("kind") == "train" and r.get("samples_per_s")] if main else []
     results.update(final=val, best=best, epochs_done=epoch, samples_seen=samples_seen,

@@ -1,10 +1,13 @@
-"""Tiny synthetic shard sets for the training tests, the demo and bench/train.py: a synthetic corpus in a real
-dataset's layout -> the real shard builder. Deterministic for a given (fmt, n, seed, image_size)."""
+"""Test support: tiny synthetic shard sets for the training tests, the demo and bench/train.py (a synthetic
+corpus in a real dataset's layout -> the real shard builder; deterministic for a given (fmt, n, seed,
+image_size)), and the fault-injection points of the training loop (`fault_point`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 SOURCE_OF = {"kagl": "kagl", "deepfashion-mm": "deepfashion-mm", "imaterialist": "imaterialist", "folder": "folder"}
@@ -31,3 +34,23 @@ def build_tiny_shards(fmt: str, out: str | Path, n: int = 300, seed: int = 0, im
                                   progress=False))
     stamp.write_text(json.dumps(args))
     return shards
+
+
+# -- fault injection (tests only) ---------------------------------------------------------------------
+FAULT_KILL_ENV = "FASHIONTUNE_TEST_KILL_AT"  # "<phase>@<step>": SIGKILL this process there
+FAULT_TRACE_ENV = "FASHIONTUNE_TEST_FAULT_TRACE"  # a file: append "<phase> <step>" for every point reached
+
+
+def fault_point(phase: str, step: int) -> None:
+    """A named moment of a training run where the fault tests may kill the process (never set in real runs).
+
+    Phases: "step" (an optimiser step done, nothing else yet), "val" (a validation logged, its best export
+    done), "export" (mid-export: the old export moved aside, the new one not yet in place), "save" (mid-
+    checkpoint: state written to .tmp-step_<N>/, not yet marked complete), "saved" (checkpoint complete).
+    SIGKILL, not an exception: no handler, `finally` or buffered write runs, as under a real kill."""
+    trace = os.environ.get(FAULT_TRACE_ENV)
+    if trace:
+        with open(trace, "a") as f:
+            f.write(f"{phase} {step}\n")
+    if os.environ.get(FAULT_KILL_ENV) == f"{phase}@{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
