@@ -19,7 +19,6 @@ import open_clip
 import torch
 from torch import nn
 
-from ..errors import UserError
 from .config import Backbone, ModelConfig
 from .errors import ModelLoadError, UnsafeFileError
 from .safeload import refused
@@ -40,10 +39,6 @@ def register_model_configs() -> None:
 
 
 register_model_configs()
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """A model or its weights cannot be built here; the message says what to pass instead."""
 
 
 @dataclass
