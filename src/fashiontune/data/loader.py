@@ -18,7 +18,8 @@ from fashiontune.data.config import DataConfig, EpochMode
 from fashiontune.data.labels import build_encoders
 from fashiontune.data.manifest import ManifestError, read_manifest, split_shards
 from fashiontune.data.plan import exact_worker_batches, resampled_worker_batches, round_robin_position
-from fashiontune.data.stream import Collator, ShardStream, draft_size, iter_tar, sample_seed
+from fashiontune.data.samples import iter_tar
+from fashiontune.data.stream import Collator, ShardStream, draft_size, sample_seed
 
 
 class ShardLoader:

@@ -7,9 +7,7 @@ the uninterrupted stream exactly while paying only tar reading (not JPEG decodin
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -20,27 +18,13 @@ from PIL import Image
 from torchvision import transforms as T
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import shuffle as wds_shuffle
-from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from fashiontune.data.balance import ClassBalancer
 from fashiontune.data.config import EpochMode
 from fashiontune.data.labels import LabelEncoder
-from fashiontune.data.manifest import ManifestError, ShardInfo
+from fashiontune.data.manifest import ShardInfo
 from fashiontune.data.plan import rng_for, shard_order, slot_range
-
-
-def iter_tar(path) -> Iterator[dict]:
-    """Samples ({__key__, jpg, txt, json} as bytes) of one tar shard, in file order (webdataset readers)."""
-    return group_by_keys(tar_file_expander(url_opener([{"url": str(path)}])))
-
-
-def parse_meta(sample: dict) -> dict:
-    if "_meta" not in sample:
-        raw = sample.get("json")
-        if raw is None:
-            raise ManifestError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} has no .json member.")
-        sample["_meta"] = json.loads(raw)
-    return sample["_meta"]
+from fashiontune.data.samples import ShardDataError, decode_rgb, fix_hint, iter_tar, sample_caption, sample_meta
 
 
 def sample_seed(seed: int, epoch: int, key: str) -> int:
@@ -86,21 +70,12 @@ class Collator:
     draft: int | None = None  # decode JPEGs at reduced scale when they are >= 2x this size (see draft_size)
 
     def decode(self, sample: dict, aug_seed: int | None = None) -> dict:
-        meta = parse_meta(sample)
-        where = f"{sample.get('__url__')}: sample {sample['__key__']!r}"
-        if "jpg" not in sample:
-            raise ManifestError(f"{where} has no .jpg member; rebuild the shards with `fashiontune shards build`.")
-        try:
-            with Image.open(io.BytesIO(sample["jpg"])) as im:
-                if self.draft and im.format == "JPEG":
-                    im.draft("RGB", (self.draft, self.draft))  # DCT-domain downscale, >= draft px a side
-                rgb = im.convert("RGB")
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors
-            raise ManifestError(f"{where}: the image cannot be decoded ({e}); run `fashiontune shards verify`.") from e
+        meta = sample_meta(sample)
+        rgb = decode_rgb(sample, self.draft)
         image = self.transform(rgb) if aug_seed is None else seeded(aug_seed, self.transform, rgb)
         return {
             "image": image,
-            "caption": sample.get("txt", b"").decode("utf-8"),
+            "caption": sample_caption(sample),
             "labels": meta.get("labels", {}),
             "key": sample["__key__"],
             "group_id": str(meta.get("group_id", sample["__key__"])),
@@ -162,10 +137,9 @@ class ShardStream(IterableDataset):
                 else:
                     ok = seen == shard.count  # ran off the end: must have held exactly count samples
                 if not ok:
-                    raise ManifestError(
+                    raise ShardDataError(
                         f"{shard.path}: holds a different number of samples than manifest.json says "
-                        f"({shard.count}); the shards changed after the build: rebuild them or run "
-                        "`fashiontune shards verify`."
+                        f"({shard.count}): the shards changed after the build; {fix_hint(shard.path)}."
                     )
             start = end
             if start >= hi:
@@ -180,7 +154,7 @@ class ShardStream(IterableDataset):
     def _balanced(self, samples: Iterator[dict], worker: int) -> Iterator[dict]:
         rng = rng_for("balance", self.seed, self.epoch, self.rank, worker)
         for s in samples:
-            if rng.random() < self.balancer.probability(parse_meta(s).get("labels", {})):
+            if rng.random() < self.balancer.probability(sample_meta(s).get("labels", {})):
                 yield s
 
     def __iter__(self) -> Iterator[dict]:

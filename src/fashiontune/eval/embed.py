@@ -11,7 +11,6 @@ A rank or worker opens only the shards that hold its items.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from contextlib import nullcontext
@@ -21,14 +20,14 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+from fashiontune.data.samples import ShardDataError, decode_rgb, fix_hint, iter_tar, sample_caption, sample_meta
 
 log = logging.getLogger(__name__)
 
 
-class ShardReadError(ValueError):
+class ShardReadError(ShardDataError):
     """Shards that do not match their manifest; the message names the shard and the fix."""
 
 
@@ -80,29 +79,20 @@ def iter_samples(shards: Sequence[Shard], start: int, end: int) -> Iterator[tupl
     for sh in shards:
         if sh.offset + sh.count <= start or sh.offset >= end:
             continue
-        if not sh.path.is_file():
-            raise ShardReadError(f"{sh.path}: listed in manifest.json but missing; rebuild or copy the shards.")
         n = 0
-        for n, sample in enumerate(group_by_keys(tar_file_expander(url_opener([{"url": str(sh.path)}]))), 1):
+        for n, sample in enumerate(iter_tar(sh.path), 1):
             g = sh.offset + n - 1
             if g >= end:
                 return
             if g >= start:
                 yield g, sample
         if n != sh.count:
-            raise ShardReadError(
-                f"{sh.path}: manifest.json says {sh.count} samples, the tar holds {n}; "
-                "run `fashiontune shards verify` and rebuild the shards."
-            )
+            raise ShardReadError(f"{sh.path}: manifest.json says {sh.count} samples, the tar holds {n}; {fix_hint(sh.path)}.")
 
 
 def parse_sample(sample: dict) -> tuple[str, str, str, dict]:
-    key = sample["__key__"]
-    if "json" not in sample or "jpg" not in sample:
-        raise ShardReadError(f"{sample.get('__url__')}: sample {key!r} lacks a .jpg or .json member (shards/README.md).")
-    meta = json.loads(sample["json"])
-    caption = sample.get("txt", b"").decode("utf-8")
-    return key, str(meta.get("group_id", key)), caption, meta.get("labels", {}) or {}
+    key, meta = sample["__key__"], sample_meta(sample)
+    return key, str(meta.get("group_id", key)), sample_caption(sample), meta.get("labels", {}) or {}
 
 
 class RangeBatches(IterableDataset):
@@ -121,8 +111,7 @@ class RangeBatches(IterableDataset):
         for g, sample in iter_samples(self.shards, self.start + w0, self.start + w1):
             b = (g - self.start) // self.bs
             key, group, caption, labels = parse_sample(sample)
-            with Image.open(io.BytesIO(sample["jpg"])) as im:
-                items.append((g, key, group, caption, labels, self.transform(im.convert("RGB"))))
+            items.append((g, key, group, caption, labels, self.transform(decode_rgb(sample))))
             if g + 1 == min(self.end, self.start + (b + 1) * self.bs):
                 yield self._collate(items)
                 items = []
@@ -257,7 +246,10 @@ def cache_matches(cache_dir: Path, fingerprint: dict) -> tuple[bool, str]:
     rank can ask, only the scoring rank loads the arrays."""
     if not all((cache_dir / f).is_file() for f in CACHE_FILES):
         return False, "no complete cache"
-    old = json.loads((cache_dir / "meta.json").read_text())
+    try:
+        old = json.loads((cache_dir / "meta.json").read_text())
+    except ValueError:  # a cache cut short by a full disk or a kill: embed again
+        return False, "unreadable cache meta.json"
     new = json.loads(json.dumps(fingerprint, sort_keys=True))
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
