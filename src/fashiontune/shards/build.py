@@ -24,7 +24,9 @@ from fashiontune.shards.config import ShardBuildConfig
 from fashiontune.shards.errors import BuildError
 from fashiontune.shards.manifest import make_manifest
 from fashiontune.shards.plan import Plan, ShardPlan, error_sort_key, make_plan
-from fashiontune.shards.writer import PARTIAL, STATE_DIR, completed, write_json_atomic, write_shard, write_shard_job
+from fashiontune.shards.writer import (
+    PARTIAL, STATE_DIR, completed, write_json_atomic, write_shard, write_shard_job, write_text_atomic, writing,
+)
 
 PLAN_FILE = "plan.json"
 
@@ -38,6 +40,9 @@ def build_params(cfg: ShardBuildConfig) -> dict:
         "splits": cfg.split_fractions(),
         "split_salt": cfg.split_salt,
         "max_bad_fraction": cfg.max_bad_fraction,
+        "encoding": cfg.encoding,
+        "follow_symlinks": cfg.follow_symlinks,
+        "allow_outside_input": cfg.allow_outside_input,
     }
 
 
@@ -50,21 +55,28 @@ def build_shards(cfg: ShardBuildConfig, source=None) -> dict:
     if source is None:
         from fashiontune.sources import get_source
 
-        source = get_source(cfg.source)
+        source = get_source(cfg.source, encoding=cfg.encoding, follow_symlinks=cfg.follow_symlinks)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     _save_config(cfg, out)
     input_dir = Path(cfg.input).resolve()
     t0 = time.perf_counter()
     plan = make_plan(source.iter_records(input_dir), input_dir, build_params(cfg))
     plan.source = cfg.source
+    if plan.listed == 0:
+        raise BuildError(f"{cfg.source or 'source'}: {input_dir} lists no items (e.g. a CSV with a header only, or "
+                         "empty class folders): nothing to build. Check --input and --source.")
+    # The old manifest no longer describes what is on disk once a shard is touched; merge writes it anew.
+    with writing(out / "manifest.json"):
+        (out / "manifest.json").unlink(missing_ok=True)
     write_json_atomic(out / STATE_DIR / PLAN_FILE, plan.to_json())  # identical from every task
 
     owned = plan.owned(cfg.num_jobs, cfg.job_index)
     for s in owned:  # leftovers of a killed run of this task
         for p in list((out / s.split).glob(f".{Path(s.name).name}.*{PARTIAL}")):
             p.unlink(missing_ok=True)
-    todo = [s for s in owned if completed(out, s.name, s.spec) is None]
+    todo = [s for s in owned if completed(out, s.name, s.spec) is None]  # sha256 re-checked: trust no torn tar
     total = sum(len(s.items) for s in owned)
     n_todo = sum(len(s.items) for s in todo)
     bar = tqdm(
@@ -101,14 +113,14 @@ def _run(out: Path, todo: list[ShardPlan], cfg: ShardBuildConfig, bar: tqdm) -> 
     workers = min(cfg.resolved_workers(), len(todo))
     if workers <= 1:  # in-process: per-image progress, no pickling, easiest to profile
         for s in todo:
-            write_shard(str(out), _shard_arg(s), cfg.image_size, cfg.quality, progress=bar.update)
+            write_shard(str(out), _shard_arg(s, cfg), cfg.image_size, cfg.quality, progress=bar.update)
         return
     # forkserver: workers do not inherit tqdm's monitor thread or any lock held by the parent at fork time.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["fashiontune.shards.writer"])  # import once, fork cheap workers from it
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
         futures = {
-            ex.submit(write_shard_job, (str(out), _shard_arg(s), cfg.image_size, cfg.quality)): s for s in todo
+            ex.submit(write_shard_job, (str(out), _shard_arg(s, cfg), cfg.image_size, cfg.quality)): s for s in todo
         }
         pending = set(futures)
         while pending:
@@ -117,6 +129,8 @@ def _run(out: Path, todo: list[ShardPlan], cfg: ShardBuildConfig, bar: tqdm) -> 
                 exc = f.exception()
                 if exc is not None:
                     ex.shutdown(wait=True, cancel_futures=True)
+                    if isinstance(exc, BuildError):  # e.g. OutputError: its message names the file and the fix
+                        raise exc
                     raise BuildError(
                         f"writing {futures[f].name} failed: {type(exc).__name__}: {exc}. Shards finished so far are "
                         "kept: rerun the same command to resume."
@@ -124,8 +138,8 @@ def _run(out: Path, todo: list[ShardPlan], cfg: ShardBuildConfig, bar: tqdm) -> 
                 bar.update(len(futures[f].items))
 
 
-def _shard_arg(s: ShardPlan) -> dict:
-    return {"name": s.name, "split": s.split, "spec": s.spec, "items": s.items}
+def _shard_arg(s: ShardPlan, cfg: ShardBuildConfig) -> dict:
+    return {"name": s.name, "split": s.split, "spec": s.spec, "items": s.items, "follow_symlinks": cfg.follow_symlinks}
 
 
 def _save_config(cfg: ShardBuildConfig, out: Path) -> None:
@@ -135,11 +149,7 @@ def _save_config(cfg: ShardBuildConfig, out: Path) -> None:
     tmp_yaml = OmegaConf.to_yaml(OmegaConf.create(d))
     p = out / "config.yaml"
     if not p.exists() or p.read_text() != tmp_yaml:
-        from fashiontune.shards.writer import tmp_path
-
-        t = tmp_path(p)
-        t.write_text(tmp_yaml)
-        t.replace(p)
+        write_text_atomic(p, tmp_yaml)
 
 
 def load_plan(out_dir: Path) -> Plan:
@@ -168,6 +178,8 @@ def merge(out_dir: str | Path, max_bad_fraction: Optional[float] = None) -> dict
             f"{out}: {len(missing)} of {len(plan.shards)} planned shards are not complete: {head}. "
             "Rerun the build (the array task with that --job-index) to finish them, then merge again."
         )
+    with writing(out / "manifest.json"):  # a failed merge leaves no manifest behind
+        (out / "manifest.json").unlink(missing_ok=True)
     _clean(out, plan)
     errors = sorted(plan.errors + [e for r in records.values() for e in r["errors"]], key=error_sort_key)
     _write_errors(out / "errors.jsonl", errors)
@@ -178,12 +190,13 @@ def merge(out_dir: str | Path, max_bad_fraction: Optional[float] = None) -> dict
     limit = plan.params["max_bad_fraction"] if max_bad_fraction is None else max_bad_fraction
     frac = items["skipped"] / max(items["listed"], 1)
     if frac > limit:
-        (out / "manifest.json").unlink(missing_ok=True)  # never leave a manifest of a failed build
-        top = ", ".join(f"{r} {n}" for r, n in Counter(e["reason"] for e in errors).most_common(5))
+        reasons = Counter(e["reason"] for e in errors)
+        top = ", ".join(f"{r} {n}" for r, n in reasons.most_common(5))
+        hints = "".join(f" {h}." for r, h in _HINTS.items() if r in reasons)
         raise BuildError(
             f"{items['skipped']} of {items['listed']} items ({frac:.1%}) could not be used ({top}), more than "
             f"max_bad_fraction={limit}. Every one is listed in {out / 'errors.jsonl'}: fix those inputs, or "
-            f"accept them with --max-bad-fraction (then `fashiontune shards merge {out} --max-bad-fraction X`)."
+            f"accept them with --max-bad-fraction (then `fashiontune shards merge {out} --max-bad-fraction X`).{hints}"
         )
     write_json_atomic(out / "manifest.json", manifest, indent=1)
     return manifest
@@ -210,14 +223,16 @@ def _clean(out: Path, plan: Plan) -> None:
                 p.unlink()
 
 
-def _write_errors(path: Path, errors: list[dict]) -> None:
-    from fashiontune.shards.writer import tmp_path
+# reasons whose fix is a flag, said once in the failure message
+_HINTS = {
+    "symlink": "symlink: pass --follow-symlinks if the links are meant to be read",
+    "outside_input": "outside_input: pass --allow-outside-input if those paths are meant to be read",
+    "bad_encoding": "bad_encoding: pass the files' real encoding, e.g. --encoding latin-1",
+}
 
-    tmp = tmp_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        for e in errors:
-            f.write(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+
+def _write_errors(path: Path, errors: list[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in errors))
 
 
 def summary(manifest: dict, stats: Optional[dict] = None) -> str:

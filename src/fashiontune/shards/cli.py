@@ -12,7 +12,8 @@ from fashiontune.shards.config import SOURCES, ShardBuildConfig
 _FLAGS = {
     "source": "source", "input": "input", "out": "out", "image_size": "image_size", "quality": "quality",
     "shard_size": "shard_size", "splits": "splits", "workers": "workers", "num_jobs": "num_jobs",
-    "job_index": "job_index", "max_bad_fraction": "max_bad_fraction",
+    "job_index": "job_index", "max_bad_fraction": "max_bad_fraction", "encoding": "encoding",
+    "follow_symlinks": "follow_symlinks", "allow_outside_input": "allow_outside_input",
 }
 
 
@@ -31,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--num-jobs", type=int, help="array size (SLURM array); then run `shards merge`")
     b.add_argument("--job-index", type=int, help="this task's index in 0..num_jobs-1")
     b.add_argument("--max-bad-fraction", type=float, help="fail if skipped/listed exceeds this (default 0.05)")
+    b.add_argument("--encoding", help="text encoding of the corpus's CSV/JSON/label files (default utf-8; e.g. "
+                   "latin-1); bytes not valid in it are reported per row, never replaced")
+    b.add_argument("--follow-symlinks", action="store_true", default=None,
+                   help="read images through symlinked files and folders (default: refused, one error line each)")
+    b.add_argument("--allow-outside-input", action="store_true", default=None,
+                   help="read image paths that lead outside the input folder (absolute paths, '..') "
+                        "(default: refused, one error line each)")
     b.add_argument("--config", help="YAML file of ShardBuildConfig keys")
     b.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. split_salt=v2")
@@ -69,6 +77,6 @@ def run(args: argparse.Namespace) -> int:
         report = verify(args.dir, decode=not args.no_decode)
         print(report)
         return 0 if report.ok else 1
-    except (BuildError, ManifestError) as e:
+    except (BuildError, ManifestError) as e:  # user errors (disk full, no items...): one line, exit 2
         print(f"fashiontune shards {args.shards_command}: {e}", file=sys.stderr)
-        return 1
+        return 2

@@ -32,6 +32,9 @@ class ShardBuildConfig:
     num_jobs: int = 1  # array size: job `job_index` of `num_jobs` builds a contiguous range of shards
     job_index: int = 0
     max_bad_fraction: float = 0.05  # the build fails if skipped/listed exceeds this
+    encoding: str = "utf-8"  # of the corpus's CSV / JSON / label files; undecodable bytes are errors, not guesses
+    follow_symlinks: bool = False  # read images through symlinked files and folders (default: error line)
+    allow_outside_input: bool = False  # read image paths outside the input folder (absolute, '..')
     progress: bool = True  # tqdm bar + end-of-build summary on stderr
 
     def split_fractions(self) -> dict[str, float]:
@@ -68,6 +71,9 @@ class ShardBuildConfig:
             if not ok:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: pass {want}.")
         parse_splits(self.splits)
+        from fashiontune.sources.textfile import check_encoding
+
+        check_encoding(self.encoding)
 
 
 def parse_splits(text: str) -> dict[str, float]:

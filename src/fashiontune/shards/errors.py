@@ -9,3 +9,7 @@ class BuildError(UserError, RuntimeError):
 
 class ManifestError(UserError, ValueError):
     """A shard directory without a readable manifest.json."""
+
+
+class OutputError(BuildError):
+    """An output file could not be written (disk full, read-only folder): the message names it and the fix."""

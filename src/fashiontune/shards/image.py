@@ -8,7 +8,10 @@ never a grey half-image in a training shard.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,18 +75,46 @@ def target_size(w: int, h: int, image_size: int) -> tuple[int, int]:
     return max(1, round(w * scale)), image_size
 
 
-def load_upright_rgb(path: str, image_size: int) -> tuple[Image.Image, tuple[int, int]]:
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def open_regular(path: str, follow_symlinks: bool = True):
+    """Open `path` for reading only if it is a regular file, without ever blocking: O_NONBLOCK makes opening
+    a FIFO return at once, and fstat on the open file (not a stat before it) decides, so nothing can be
+    swapped in between. O_NOFOLLOW refuses a symlink when links are not followed. Raises ImageError."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ImageError("missing_image", f"no such file: {path}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow_symlinks:
+            raise ImageError("symlink", f"{path} is a symbolic link, not followed; pass --follow-symlinks "
+                                        "to read through symbolic links") from None
+        if e.errno == errno.ENXIO:  # a socket (or a device without its driver)
+            raise ImageError("special_file", f"{path} is not a regular file ({e.strerror}); only image files "
+                                             "are read: remove it") from None
+        raise ImageError("unreadable_image", f"{type(e).__name__}: {e}") from None  # no permission...
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise ImageError("unreadable_image", f"IsADirectoryError: {path} is a directory")
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    raise ImageError("special_file", f"{path} is {kind}, not a regular file (reading it could block the build "
+                                     "forever); only image files are read: remove it or replace it by the image")
+
+
+def load_upright_rgb(path: str, image_size: int, follow_symlinks: bool = True) -> tuple[Image.Image, tuple[int, int]]:
     """Decode `path` (reduced scale where possible), apply EXIF orientation, convert to RGB.
 
     Returns the image (shorter side >= min(image_size, original shorter side)) and the upright original size.
     Raises ImageError for anything that cannot be decoded.
     """
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise ImageError("missing_image", f"no such file: {path}") from None
-    except OSError as e:  # a directory, no permission...
-        raise ImageError("unreadable_image", f"{type(e).__name__}: {e}") from None
+    f = open_regular(path, follow_symlinks)
     with f:
         try:
             im = Image.open(f)
@@ -115,9 +146,9 @@ def load_upright_rgb(path: str, image_size: int) -> tuple[Image.Image, tuple[int
         raise ImageError("undecodable_image", f"cannot convert mode {im.mode}: {type(e).__name__}: {e}") from None
 
 
-def encode(path: str, image_size: int, quality: int) -> Encoded:
+def encode(path: str, image_size: int, quality: int, follow_symlinks: bool = True) -> Encoded:
     """The whole per-image pipeline: decode fast -> upright RGB -> resize -> JPEG bytes."""
-    im, orig = load_upright_rgb(path, image_size)
+    im, orig = load_upright_rgb(path, image_size, follow_symlinks)
     size = target_size(*orig, image_size)  # from the original, so draft rounding never skews the aspect
     if size != im.size:
         im = im.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)

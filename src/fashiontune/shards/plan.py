@@ -12,9 +12,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from fashiontune.records import Record, Skip
+from fashiontune.shards.paths import PathPolicy
+from fashiontune.sources.base import printable as _printable
 
 BUILDER_VERSION = 1
 _BAD_ID = re.compile(r"[./\\\s]")  # webdataset cuts keys at the first dot; slashes would make paths
@@ -107,42 +109,74 @@ def _error(id_: str, path: str, reason: str, detail: str = "") -> dict:
     return {"id": str(id_), "path": str(path), "reason": reason, "detail": detail}
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _undecodable_field(r: Record) -> Optional[str]:
+    """The first field of `r` holding text that is not valid Unicode (undecodable bytes, a lone surrogate)."""
+    fields = {"image path": str(r.image_path), "id": r.id, "group_id": r.group_id, "text": r.text,
+              "labels": json.dumps(r.labels, ensure_ascii=False, default=str),
+              "meta": json.dumps(r.meta, ensure_ascii=False, default=str)}
+    return next((k for k, v in fields.items() if _SURROGATE.search(v or "")), None)
+
+
+def _check_record(r: Record, policy: PathPolicy, first_path: dict[str, str]) -> tuple[str, Optional[dict]]:
+    """(the image path to read, None) for a usable record, else (path, its error line)."""
+    bad_field = _undecodable_field(r)
+    if bad_field:  # checked first: such a string cannot even be passed to lstat or written as UTF-8
+        path = _printable(str(r.image_path))
+        if bad_field == "image path":
+            return path, _error(_printable(r.id), path, "bad_filename",
+                                "the file name is not valid UTF-8; rename it (e.g. `convmv -f latin1 -t utf-8`)")
+        return path, _error(_printable(r.id), path, "bad_encoding",
+                            f"the {bad_field} is not valid Unicode text (undecodable bytes or an unpaired "
+                            "surrogate); fix the source file, or pass its real encoding with --encoding")
+    path, problem = policy.check(r.image_path)
+    if not r.id or _BAD_ID.search(r.id):
+        return path, _error(r.id, path, "bad_id", "ids become webdataset keys: no dots, slashes or spaces")
+    if r.id in first_path:
+        return path, _error(r.id, path, "duplicate_id", f"id already used by {first_path[r.id]}")
+    if problem:
+        return path, _error(r.id, path, *problem)
+    return path, None
+
+
 def make_plan(records: Iterable[Record | Skip], input_dir: Path, params: dict) -> Plan:
     """Turn a source's records into the shard plan (deterministic; see module docstring)."""
     splits: dict[str, float] = params["splits"]
     salt: str = params["split_salt"]
+    root = input_dir if input_dir.is_dir() else input_dir.parent  # a CSV given as --input: its folder
+    policy = PathPolicy(root, params.get("follow_symlinks", False), params.get("allow_outside_input", False))
     errors: list[dict] = []
-    kept: list[Record] = []
+    kept: list[tuple[Record, str]] = []
     first_path: dict[str, str] = {}
     listed = 0
     for r in records:
         listed += 1
         if isinstance(r, Skip):
-            errors.append(_error(r.id, r.path, r.reason, r.detail))
+            errors.append(_error(_printable(r.id), _printable(r.path), r.reason, _printable(r.detail)))
             continue
-        path = _resolve(r.image_path, input_dir)
-        if not r.id or _BAD_ID.search(r.id):
-            errors.append(_error(r.id, path, "bad_id", "ids become webdataset keys: no dots, slashes or spaces"))
-        elif r.id in first_path:
-            errors.append(_error(r.id, path, "duplicate_id", f"id already used by {first_path[r.id]}"))
+        path, error = _check_record(r, policy, first_path)
+        if error:
+            errors.append(error)
         else:
             first_path[r.id] = path
-            kept.append(r)
+            kept.append((r, path))
     multi: dict[str, bool] = {}
-    for r in kept:
+    for r, _ in kept:
         for k, v in r.labels.items():
             multi[k] = multi.get(k, False) or isinstance(v, (list, tuple))
     multi = dict(sorted(multi.items()))
 
     by_split: dict[str, list[tuple[float, str, dict]]] = {name: [] for name in splits}
-    for r in kept:
+    for r, path in kept:
         group = r.group_id or r.id  # a source without product ids: every item its own group
         split = assign_split(group, splits, salt)
         item = {
             "id": r.id,
             "group_id": group,
             "split": split,
-            "path": _resolve(r.image_path, input_dir),
+            "path": path,
             "text": r.text or "",
             "labels": _norm_labels(r.labels, multi),
             "meta": json.loads(json.dumps(r.meta, sort_keys=True, default=str)),
@@ -168,8 +202,4 @@ def make_plan(records: Iterable[Record | Skip], input_dir: Path, params: dict) -
 def error_sort_key(e: dict) -> tuple:
     return (e["id"], e["reason"], e["path"], e["detail"])
 
-
-def _resolve(p: Path | str, input_dir: Path) -> str:
-    p = Path(p)
-    return str(p if p.is_absolute() else input_dir / p)
 

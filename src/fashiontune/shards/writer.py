@@ -15,6 +15,7 @@ tests/test_shards_build.py reads our shards back with `webdataset.WebDataset` to
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 
+from fashiontune.shards.errors import OutputError
 from fashiontune.shards.image import ImageError, encode
 
 STATE_DIR = "_state"
@@ -71,15 +73,53 @@ def tmp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{_HOST}.{os.getpid()}{PARTIAL}")
 
 
-def write_json_atomic(path: Path, obj, indent: Optional[int] = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def open_output(path: Path, mode: str):
+    """Every file the builder writes is opened here (one seam for the disk-full and crash tests)."""
+    return open(path, mode, encoding=None if "b" in mode else "utf-8")
+
+
+@contextlib.contextmanager
+def writing(final: Path, tmp: Optional[Path] = None):
+    """An OSError while writing `final` (disk full, read-only, no permission) -> one OutputError naming the
+    file and the fix; the temp file is removed so that nothing half-written stays behind."""
+    try:
+        yield
+    except OSError as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise OutputError(output_error_message(final, e)) from e
+
+
+def output_error_message(path: Path, e: OSError) -> str:
+    what = e.strerror or str(e)
+    code = errno.errorcode.get(e.errno or 0, "")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = ("free space on that disk (or pass another --out), then rerun the same command: finished shards are "
+               "kept, nothing half-written is reused")
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "pass an --out folder you can write to"
+    else:
+        fix = "fix the output folder, then rerun the same command to resume"
+    return f"cannot write {path}: {what}{f' ({code})' if code else ''}; {fix}."
+
+
+def write_text_atomic(path: Path, text: str, fsync: bool = True) -> None:
+    """Write `text` under a temp name, then rename: a reader never sees a half-written file."""
     tmp = tmp_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)  # key order is built deterministically
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open_output(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj, indent: Optional[int] = None) -> None:
+    # key order is built deterministically; ensure_ascii=False: labels stay readable
+    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
 def sha256_file(path: Path) -> str:
@@ -114,52 +154,39 @@ def write_shard(
     """Encode every item of `shard` (`{"name", "split", "spec", "items"}`) into its tar; return its record."""
     out = Path(out_dir)
     final = out / shard["name"]
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(final)
+    follow = shard.get("follow_symlinks", True)  # the plan refused symlinks already; O_NOFOLLOW re-checks
     errors: list[dict] = []
     labels: dict[str, dict[str, int]] = {}
     count = 0
-    with open(tmp, "wb") as f:
-        hf = _HashingFile(f)
-        tw = _SampleTar(hf)
-        try:
-            for item in shard["items"]:
-                try:
-                    enc = encode(item["path"], image_size, quality)
-                except ImageError as e:
-                    errors.append({"id": item["id"], "path": item["path"], "reason": e.reason, "detail": e.detail})
-                else:
-                    sample = {
-                        "id": item["id"],
-                        "group_id": item["group_id"],
-                        "split": item["split"],
-                        "labels": item["labels"],
-                        "meta": item["meta"],
-                        "orig_size": list(enc.orig_size),
-                    }
-                    tw.write(
-                        item["id"],
-                        {
-                            "jpg": enc.jpeg,
-                            "txt": item["text"].encode("utf-8"),
-                            "json": json.dumps(sample, sort_keys=True, ensure_ascii=False).encode("utf-8"),
-                        },
-                    )
-                    count += 1
-                    for field, v in item["labels"].items():
-                        c = labels.setdefault(field, {})
-                        for value in v if isinstance(v, list) else [v]:
-                            c[value] = c.get(value, 0) + 1
-                if progress is not None:
-                    progress(1)
-        except BaseException:
-            with contextlib.suppress(Exception):  # finish the temp tar so its stream does not write on GC
-                tw.close()
-            raise
-        tw.close()
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    with writing(final, tmp):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open_output(tmp, "wb") as f:
+            hf = _HashingFile(f)
+            tw = _SampleTar(hf)
+            try:
+                for item in shard["items"]:
+                    try:
+                        enc = encode(item["path"], image_size, quality, follow)
+                    except ImageError as e:
+                        errors.append({"id": item["id"], "path": item["path"], "reason": e.reason, "detail": e.detail})
+                    else:
+                        tw.write(item["id"], _members(item, enc))
+                        count += 1
+                        for field, v in item["labels"].items():
+                            c = labels.setdefault(field, {})
+                            for value in v if isinstance(v, list) else [v]:
+                                c[value] = c.get(value, 0) + 1
+                    if progress is not None:
+                        progress(1)
+            except BaseException:
+                with contextlib.suppress(Exception):  # finish the temp tar so its stream does not write on GC
+                    tw.close()
+                raise
+            tw.close()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
     _fsync_dir(final.parent)
     record = {
         "name": shard["name"],
@@ -173,6 +200,16 @@ def write_shard(
     }
     write_json_atomic(state_path(out, shard["name"]), record)
     return record
+
+
+def _members(item: dict, enc) -> dict[str, bytes]:
+    sample = {"id": item["id"], "group_id": item["group_id"], "split": item["split"], "labels": item["labels"],
+              "meta": item["meta"], "orig_size": list(enc.orig_size)}
+    return {
+        "jpg": enc.jpeg,
+        "txt": item["text"].encode("utf-8"),
+        "json": json.dumps(sample, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+    }
 
 
 def write_shard_job(args: tuple) -> dict:

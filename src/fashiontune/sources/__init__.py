@@ -25,8 +25,9 @@ SOURCES: dict[str, tuple[str, str]] = {
 __all__ = ["SOURCES", "Source", "SourceError", "SourceSkip", "get_source", "path_id", "safe_id", "skip"]
 
 
-def get_source(name: str) -> Source:
+def get_source(name: str, encoding: str = "utf-8", follow_symlinks: bool = False) -> Source:
+    """The adapter `name`; `encoding` of its text files, `follow_symlinks` into symlinked folders."""
     if name not in SOURCES:
         raise SourceError(f"unknown source {name!r}; valid sources: {', '.join(SOURCES)}")
     module, cls = SOURCES[name]
-    return getattr(importlib.import_module(module), cls)()
+    return getattr(importlib.import_module(module), cls)(encoding=encoding, follow_symlinks=follow_symlinks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +23,10 @@ class Source:
     name: str = ""
     # file or folder names the input directory must contain -> what the real download should have there
     required: dict[str, str] = {}
+
+    def __init__(self, encoding: str = "utf-8", follow_symlinks: bool = False):
+        self.encoding = encoding  # of the corpus's CSV / JSON / label files (never guessed, never replaced)
+        self.follow_symlinks = follow_symlinks  # read symlinked folders (adapters that walk folders)
 
     def check(self, input_dir: Path) -> Path:
         root = Path(input_dir)
@@ -58,6 +63,30 @@ _OTHER = re.compile(r"[.\s]")
 def safe_id(text: str) -> str:
     """An id usable as a WebDataset `__key__`: '/' (and '\\') -> '__', '.' and whitespace -> '_'."""
     return _OTHER.sub("_", _SLASH.sub("__", text.strip()))
+
+
+def undecodable_name(path: str) -> bool:
+    """True for a file name whose bytes are not UTF-8 (Python holds them as surrogate escapes)."""
+    try:
+        path.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def printable(text: str) -> str:
+    """`text` with undecodable bytes shown as \\xNN (for messages and errors.jsonl, which are UTF-8)."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (e.g. a JSON "\\ud800")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def bad_filename(rel: str, full: str) -> Skip:
+    """The error line for a file whose name is not UTF-8: shown escaped; the build goes on."""
+    return skip(path_id(printable(rel)), printable(full), "bad_filename",
+                f"the file name is not valid UTF-8 ({os.fsencode(full)!r}); rename it to UTF-8, e.g. "
+                "`convmv -f latin1 -t utf-8 --notest -r DIR`")
 
 
 def path_id(rel: str) -> str:

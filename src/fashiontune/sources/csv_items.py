@@ -7,12 +7,12 @@
   group_id   optional product id, so that views of one product share a split (default: the id)
   <other>    every other column is a label field; a column in which any cell holds '|' is multi-label
              ("red|blue" -> ["blue", "red"]); an empty cell means the item has no value for that field.
-A malformed row yields a Skip naming the line and the fix; the rest of the file is still read.
+A malformed row (wrong cell count, a quote left open, bytes not in --encoding) yields a Skip naming its first
+line and the fix; the rest of the file is still read (see textfile.CsvTable). A caption may span lines.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +20,7 @@ from typing import Iterator
 from fashiontune.records import Record, Skip
 
 from .base import Source, SourceError, path_id, safe_id, skip
+from .textfile import BadRow, CsvTable, Row
 
 DEFAULT_NAME = "items.csv"
 RESERVED = ("image", "caption", "text", "id", "group_id")
@@ -42,11 +43,8 @@ class CsvSource(Source):
 
     def iter_records(self, input_dir: Path) -> Iterator[Record | Skip]:
         path = self.locate(input_dir)
-        base = path.parent
-        with open(path, encoding="utf-8-sig", newline="", errors="replace") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            rows = [(reader.line_num, row) for row in reader]
+        table = CsvTable(path, self.encoding, "csv")
+        header = table.header
         if "image" not in header:
             raise SourceError(f"csv: {path} line 1: no `image` column (header: {','.join(header)!r}). The first line "
                               "must name the columns, e.g. image,caption,category,colour.")
@@ -54,16 +52,27 @@ class CsvSource(Source):
         if dup or "" in header:
             raise SourceError(f"csv: {path} line 1: column names must be non-empty and unique "
                               f"(duplicated: {', '.join(dup) or 'none'}; empty: {'yes' if '' in header else 'no'}).")
+        # a caption may hold line breaks (a quoted multi-line cell); no other column may
+        rows = list(table.rows(multiline=[h for h in ("caption", "text") if h in header]))
+        if not rows:
+            raise SourceError(f"csv: {path} has a header but no data rows: add one row per image "
+                              "(image,caption,...), or pass the CSV that lists your items.")
+        yield from self._items(path, header, rows)
+
+    def _items(self, path: Path, header: list[str], rows: list) -> Iterator[Record | Skip]:
         col = {h: i for i, h in enumerate(header)}
         text_col = col.get("caption", col.get("text"))
         label_cols = [h for h in header if h not in RESERVED]
-        good = [(line, row) for line, row in rows if len(row) == len(header)]
-        multi = {h for h in label_cols if any("|" in row[col[h]] for _, row in good)}
+        good = [r.cells for r in rows if isinstance(r, Row) and len(r.cells) == len(header)]
+        multi = {h for h in label_cols if any("|" in cells[col[h]] for cells in good)}
         seen: set[str] = set()
-        for line, row in rows:
+        for r in rows:
+            line = r.line
             where = f"{path}:{line}"
-            if not row or all(not c.strip() for c in row):
+            if isinstance(r, BadRow):
+                yield skip(f"line{line}", where, r.reason, r.detail)
                 continue
+            row = r.cells
             if len(row) != len(header):
                 yield skip(f"line{line}", where, "unparsable_row",
                            f"{len(row)} fields but the header has {len(header)}; quote cells that contain commas "
@@ -74,7 +83,8 @@ class CsvSource(Source):
                 yield skip(f"line{line}", where, "unparsable_row",
                            "empty `image` cell; give the image path (relative to the CSV's folder, or absolute)")
                 continue
-            image_path = Path(image) if os.path.isabs(image) else base / image
+            # relative to the CSV's folder; whether it may leave that folder is the builder's call (outside_input)
+            image_path = Path(image) if os.path.isabs(image) else path.parent / image
             given = row[col["id"]].strip() if "id" in col else ""
             rid = safe_id(given) if given else path_id(image.lstrip("/"))
             if rid in seen:

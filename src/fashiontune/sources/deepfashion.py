@@ -9,7 +9,6 @@ An image without a line in the shape file simply lacks the shape fields.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Iterator
 
 from fashiontune.records import Record, Skip
 
-from .base import Source, SourceError, safe_id, skip
+from .base import Source, SourceError, bad_filename, safe_id, skip, undecodable_name
+from .textfile import read_json, read_lines
 
 # the official README's codes, field names in the order of shape_anno_all.txt's columns
 SHAPE_FIELDS = ("sleeve_length", "lower_length", "socks", "hat", "glasses", "neckwear", "wrist_wearing", "ring",
@@ -54,24 +54,28 @@ def _stem(name: str) -> str:
     return base if ext.lower() in IMAGE_EXTS else name
 
 
-def _read_codes(path: Path, width: int, bad: list[Skip]) -> dict[str, list[int]]:
+def _read_codes(path: Path, width: int, bad: list[Skip], encoding: str) -> dict[str, list[int]]:
     """`<name> c1 ... c<width>` per line -> {stem: codes}; malformed lines are noted, not fatal."""
     out: dict[str, list[int]] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                codes = [int(c) for c in parts[1:]]
-            except ValueError:
-                codes = []
-            if len(codes) != width:
-                bad.append(skip(f"{safe_id(path.stem)}_line{lineno}", f"{path}:{lineno}", "unparsable_row",
-                                f"expected an image name and {width} integer codes, got {line.strip()[:200]!r}; "
-                                "the image keeps its labels from the other files"))
-                continue
-            out[_stem(parts[0])] = codes
+    for ln in read_lines(path, encoding):
+        lineno, line = ln.number, ln.text
+        parts = line.split()
+        if not parts:
+            continue
+        if ln.bad:
+            bad.append(skip(f"{safe_id(path.stem)}_line{lineno}", f"{path}:{lineno}", "bad_encoding",
+                            f"{ln.bad}; the image keeps its labels from the other files"))
+            continue
+        try:
+            codes = [int(c) for c in parts[1:]]
+        except ValueError:
+            codes = []
+        if len(codes) != width:
+            bad.append(skip(f"{safe_id(path.stem)}_line{lineno}", f"{path}:{lineno}", "unparsable_row",
+                            f"expected an image name and {width} integer codes, got {line.strip()[:200]!r}; "
+                            "the image keeps its labels from the other files"))
+            continue
+        out[_stem(parts[0])] = codes
     return out
 
 
@@ -92,22 +96,22 @@ class DeepFashionMMSource(Source):
     def iter_records(self, input_dir: Path) -> Iterator[Record | Skip]:
         root = self.check(input_dir)
         bad: list[Skip] = []
-        shape = _read_codes(root / SHAPE_FILE, 12, bad)
-        fabric = _read_codes(root / FABRIC_FILE, 3, bad)
-        pattern = _read_codes(root / PATTERN_FILE, 3, bad)
-        try:
-            raw = json.loads((root / "captions.json").read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SourceError(f"deepfashion-mm: {root / 'captions.json'} is not valid JSON ({e}); re-download "
-                              "the textual descriptions (a JSON object {image name: caption}).") from e
+        shape = _read_codes(root / SHAPE_FILE, 12, bad, self.encoding)
+        fabric = _read_codes(root / FABRIC_FILE, 3, bad, self.encoding)
+        pattern = _read_codes(root / PATTERN_FILE, 3, bad, self.encoding)
+        raw = read_json(root / "captions.json", self.encoding)
         if not isinstance(raw, dict):
             raise SourceError(f"deepfashion-mm: {root / 'captions.json'} must be a JSON object {{image name: caption}}")
         captions = {_stem(k): v for k, v in raw.items() if isinstance(v, str)}
         files: dict[str, str] = {}
         with os.scandir(root / "images") as it:
+            # not only regular files: a FIFO or socket named x.jpg is listed, and the builder refuses it
             for e in it:
-                if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
-                    files[_stem(e.name)] = e.name
+                if not e.is_dir() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
+                    if undecodable_name(e.name):
+                        bad.append(bad_filename(e.name, e.path))
+                    else:
+                        files[_stem(e.name)] = e.name
         yield from bad
         names = sorted(set(files) | set(captions) | set(shape) | set(fabric) | set(pattern))
         for stem in names:

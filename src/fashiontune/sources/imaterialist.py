@@ -10,9 +10,6 @@ image keeps its other rows. Images on disk without rows in train.csv carry no la
 
 from __future__ import annotations
 
-import csv
-import json
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +18,7 @@ import numpy as np
 from fashiontune.records import Record, Skip
 
 from .base import Source, SourceError, safe_id, skip
+from .textfile import BadRow, CsvTable, read_json
 
 COLUMNS = ("ImageId", "EncodedPixels", "Height", "Width", "ClassId")
 
@@ -53,55 +51,54 @@ class IMaterialistSource(Source):
     def iter_records(self, input_dir: Path) -> Iterator[Record | Skip]:
         root = self.check(input_dir)
         desc_path = root / "label_descriptions.json"
-        try:
-            desc = json.loads(desc_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SourceError(f"imaterialist: {desc_path} is not valid JSON ({e}); re-download it.") from e
+        desc = read_json(desc_path, self.encoding)
+        if not isinstance(desc, dict):
+            raise SourceError(f"imaterialist: {desc_path} must be a JSON object with 'categories' and 'attributes'.")
         cats, attrs = _names(desc, "categories", desc_path), _names(desc, "attributes", desc_path)
         cat_name = lambda i: cats.get(i, f"code_{i}")  # noqa: E731
         attr_name = lambda i: attrs.get(i, f"code_{i}")  # noqa: E731
         path = root / "train.csv"
         images: dict[str, dict] = {}  # ImageId -> {h, w, cats, attrs, n}; first-appearance order
-        csv.field_size_limit(sys.maxsize)  # EncodedPixels of a large mask is a very long cell
-        with open(path, encoding="utf-8-sig", newline="", errors="replace") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            missing = [c for c in COLUMNS if c not in header]
-            if missing:
-                raise SourceError(
-                    f"imaterialist: {path} line 1: missing column(s) {', '.join(missing)}; expected the header "
-                    f"{','.join(COLUMNS)} of the iMaterialist-Fashion 2019 train.csv (got {','.join(header)!r})."
-                )
-            col = {c: header.index(c) for c in header}
-            attr_col = col.get("AttributesIds")  # 2020 edition
-            for row in reader:
-                line = reader.line_num
-                if not row or all(not c.strip() for c in row):
-                    continue
-                where = f"{path}:{line}"
-                if len(row) != len(header):
-                    yield skip(f"train_csv_line{line}", where, "unparsable_row",
-                               f"{len(row)} fields, expected {len(header)} ({','.join(header)})")
-                    continue
-                image_id = row[col["ImageId"]].strip()
-                if image_id.lower().endswith(".jpg"):
-                    image_id = image_id[:-4]
-                try:
-                    if not image_id:
-                        raise ValueError("empty ImageId")
-                    h, w = int(row[col["Height"]]), int(row[col["Width"]])
-                    class_parts = [int(p) for p in row[col["ClassId"]].strip().split("_")]
-                    extra = row[attr_col].strip() if attr_col is not None else ""
-                    attr_ids = class_parts[1:] + [int(a) for a in extra.split(",") if a.strip()]
-                except ValueError as e:
-                    yield skip(f"{safe_id(image_id)}_line{line}" if image_id else f"train_csv_line{line}", where,
-                               "unparsable_row", f"{e}; Height/Width must be integers and ClassId 'cat' or "
-                               "'cat_attr_attr...' (the image keeps its other segments)")
-                    continue
-                item = images.setdefault(image_id, {"h": h, "w": w, "cats": set(), "attrs": set(), "n": 0})
-                item["cats"].add(cat_name(class_parts[0]))
-                item["attrs"].update(attr_name(a) for a in attr_ids)
-                item["n"] += 1
+        table = CsvTable(path, self.encoding, "imaterialist")
+        header = table.header
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise SourceError(
+                f"imaterialist: {path} line 1: missing column(s) {', '.join(missing)}; expected the header "
+                f"{','.join(COLUMNS)} of the iMaterialist-Fashion 2019 train.csv (got {','.join(header)!r})."
+            )
+        col = {c: header.index(c) for c in header}
+        attr_col = col.get("AttributesIds")  # 2020 edition
+        for r in table.rows():  # one line per row: no cell of train.csv spans lines
+            line = r.line
+            where = f"{path}:{line}"
+            if isinstance(r, BadRow):
+                yield skip(f"train_csv_line{line}", where, r.reason, r.detail)
+                continue
+            row = r.cells
+            if len(row) != len(header):
+                yield skip(f"train_csv_line{line}", where, "unparsable_row",
+                           f"{len(row)} fields, expected {len(header)} ({','.join(header)})")
+                continue
+            image_id = row[col["ImageId"]].strip()
+            if image_id.lower().endswith(".jpg"):
+                image_id = image_id[:-4]
+            try:
+                if not image_id:
+                    raise ValueError("empty ImageId")
+                h, w = int(row[col["Height"]]), int(row[col["Width"]])
+                class_parts = [int(p) for p in row[col["ClassId"]].strip().split("_")]
+                extra = row[attr_col].strip() if attr_col is not None else ""
+                attr_ids = class_parts[1:] + [int(a) for a in extra.split(",") if a.strip()]
+            except ValueError as e:
+                yield skip(f"{safe_id(image_id)}_line{line}" if image_id else f"train_csv_line{line}", where,
+                           "unparsable_row", f"{e}; Height/Width must be integers and ClassId 'cat' or "
+                           "'cat_attr_attr...' (the image keeps its other segments)")
+                continue
+            item = images.setdefault(image_id, {"h": h, "w": w, "cats": set(), "attrs": set(), "n": 0})
+            item["cats"].add(cat_name(class_parts[0]))
+            item["attrs"].update(attr_name(a) for a in attr_ids)
+            item["n"] += 1
         for image_id, item in images.items():
             yield Record(
                 id=safe_id(image_id), group_id=safe_id(image_id), image_path=root / "train" / f"{image_id}.jpg",

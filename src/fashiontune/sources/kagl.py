@@ -7,13 +7,13 @@ extra fields; they are joined back into productDisplayName.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Iterator
 
 from fashiontune.records import Record, Skip
 
 from .base import Source, SourceError, safe_id, skip
+from .textfile import BadRow, CsvTable
 
 HEADER = ["id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year", "usage",
           "productDisplayName"]
@@ -29,36 +29,37 @@ class KaglSource(Source):
         root = self.check(input_dir)
         path = root / "styles.csv"
         seen: set[str] = set()
-        with open(path, encoding="utf-8-sig", newline="", errors="replace") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header[:10]] != HEADER:
-                raise SourceError(
-                    f"kagl: {path} line 1: header is {','.join(header or [])!r}, expected {','.join(HEADER)!r}. "
-                    "Is this the styles.csv of the Kaggle 'Fashion Product Images' dataset?"
-                )
-            for row in reader:
-                line = reader.line_num
-                where = f"{path}:{line}"
-                if not row or all(not c.strip() for c in row):
-                    continue  # blank line (e.g. at the end)
-                item = row[0].strip()
-                if len(row) < len(HEADER):
-                    yield skip(safe_id(item) or f"line{line}", where, "unparsable_row",
-                               f"{len(row)} fields, expected {len(HEADER)} ({','.join(HEADER)}); fix or delete the row")
-                    continue
-                if not item.isdigit():
-                    yield skip(f"line{line}", where, "unparsable_row", f"id {item!r} is not an integer product id")
-                    continue
-                if item in seen:
-                    yield skip(f"{item}_line{line}", where, "duplicate_id", f"id {item} is already listed earlier")
-                    continue
-                seen.add(item)
-                # more than 10 fields: the name contained unquoted commas
-                name = ",".join(row[9:])
-                labels = {k: v.strip() for k, v in zip(LABEL_FIELDS, row[1:9]) if v.strip()}
-                meta: dict[str, object] = {"productDisplayName": name, "line": line}
-                if len(row) > len(HEADER):
-                    meta["repaired"] = "comma_in_name"
-                yield Record(id=item, group_id=item, image_path=root / "images" / f"{item}.jpg",
-                             text=" ".join(name.split()), labels=labels, meta=meta)
+        table = CsvTable(path, self.encoding, "kagl")
+        header = table.header
+        if header[:10] != HEADER:
+            raise SourceError(
+                f"kagl: {path} line 1: header is {','.join(header)!r}, expected {','.join(HEADER)!r}. "
+                "Is this the styles.csv of the Kaggle 'Fashion Product Images' dataset?"
+            )
+        for r in table.rows():  # one line per row: the file has no multi-line cells
+            line = r.line
+            where = f"{path}:{line}"
+            if isinstance(r, BadRow):
+                yield skip(f"line{line}", where, r.reason, r.detail)
+                continue
+            row = r.cells
+            item = row[0].strip()
+            if len(row) < len(HEADER):
+                yield skip(safe_id(item) or f"line{line}", where, "unparsable_row",
+                           f"{len(row)} fields, expected {len(HEADER)} ({','.join(HEADER)}); fix or delete the row")
+                continue
+            if not item.isdigit():
+                yield skip(f"line{line}", where, "unparsable_row", f"id {item!r} is not an integer product id")
+                continue
+            if item in seen:
+                yield skip(f"{item}_line{line}", where, "duplicate_id", f"id {item} is already listed earlier")
+                continue
+            seen.add(item)
+            # more than 10 fields: the name contained unquoted commas
+            name = ",".join(row[9:])
+            labels = {k: v.strip() for k, v in zip(LABEL_FIELDS, row[1:9]) if v.strip()}
+            meta: dict[str, object] = {"productDisplayName": name, "line": line}
+            if len(row) > len(HEADER):
+                meta["repaired"] = "comma_in_name"
+            yield Record(id=item, group_id=item, image_path=root / "images" / f"{item}.jpg",
+                         text=" ".join(name.split()), labels=labels, meta=meta)
