@@ -143,5 +143,11 @@ def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Pat
     return path
 
 
+def require(ok: bool, source: str, key: str, value: Any, want: str) -> None:
+    """Raise ConfigError "<source>: <key>=<value> is invalid: <want>." unless `ok` (want = the allowed range)."""
+    if not ok:
+        raise ConfigError(f"{source}: {key}={value!r} is invalid: {want}.")
+
+
 def enum_values(e: type[enum.Enum]) -> list[str]:
     return [m.value for m in e]

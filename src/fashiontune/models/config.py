@@ -30,3 +30,19 @@ class ModelConfig:
     # Training augmentation (open_clip's AugmentationCfg): random-resized-crop scale range.
     aug_scale_min: float = 0.9
     aug_scale_max: float = 1.0
+
+    def validate(self, source: str = "model config", prefix: str = "model.") -> "ModelConfig":
+        """Range checks before any model is built; raise ConfigError naming the key and the allowed range."""
+        from fashiontune.config import require
+
+        require(bool(self.name), source, f"{prefix}name", self.name, "set an open_clip model name, e.g. ft-tiny-vit")
+        for key in ("image_size", "context_length"):
+            v = getattr(self, key)
+            require(v is None or v >= 1, source, prefix + key, v, "set an integer >= 1, or null for the model's own")
+        require(0 < self.aug_scale_min <= 1, source, f"{prefix}aug_scale_min", self.aug_scale_min,
+                "set a fraction of the image area in (0, 1]")
+        require(self.aug_scale_min <= self.aug_scale_max <= 1, source, f"{prefix}aug_scale_max", self.aug_scale_max,
+                f"set a fraction in [aug_scale_min={self.aug_scale_min}, 1]")
+        if self.backbone == Backbone.timm:
+            require(bool(self.timm_name), source, f"{prefix}timm_name", self.timm_name, "set a timm model name, e.g. resnet18")
+        return self
