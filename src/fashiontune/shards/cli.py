@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from fashiontune.config import load_config
 from fashiontune.shards.config import SOURCES, ShardBuildConfig
@@ -59,24 +58,20 @@ def config_from_args(args: argparse.Namespace) -> ShardBuildConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fashiontune.shards.errors import BuildError, ManifestError
+    """Exit 0, or 1 when `verify` finds a damaged shard. A user error (BuildError, ManifestError, SourceError,
+    ConfigError: all fashiontune.errors.UserError) propagates to `fashiontune.cli`: one line, exit 2."""
+    if args.shards_command == "build":
+        from fashiontune.shards.build import build_shards
 
-    try:
-        if args.shards_command == "build":
-            from fashiontune.shards.build import build_shards
+        build_shards(config_from_args(args))
+        return 0
+    if args.shards_command == "merge":
+        from fashiontune.shards.build import merge, summary
 
-            build_shards(config_from_args(args))
-            return 0
-        if args.shards_command == "merge":
-            from fashiontune.shards.build import merge, summary
+        print(summary(merge(args.dir, args.max_bad_fraction)))
+        return 0
+    from fashiontune.shards.verify import verify
 
-            print(summary(merge(args.dir, args.max_bad_fraction)))
-            return 0
-        from fashiontune.shards.verify import verify
-
-        report = verify(args.dir, decode=not args.no_decode)
-        print(report)
-        return 0 if report.ok else 1
-    except (BuildError, ManifestError) as e:  # user errors (disk full, no items...): one line, exit 2
-        print(f"fashiontune shards {args.shards_command}: {e}", file=sys.stderr)
-        return 2
+    report = verify(args.dir, decode=not args.no_decode)
+    print(report)
+    return 0 if report.ok else 1
