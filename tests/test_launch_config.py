@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,12 +60,20 @@ def test_a100_1node_sbatch_snapshot():
         "#SBATCH --wckey=submitit",
     ]
     assert _section(script, "setup") == [
+        "trap '' USR2  # the tasks handle it (fashiontune.launch.task)",  # the batch shell never dies of USR2
         "module load cuda/12.4", "source .venv/bin/activate", "export NCCL_ASYNC_ERROR_HANDLING=1"]
     cmd = _section(script, "command")
     assert cmd[0] == "export SUBMITIT_EXECUTOR=slurm"
-    # one srun task per GPU, a crashed rank ends the step, the pickled JobRunner runs on every task
-    assert re.fullmatch(rf"srun --unbuffered --output {LOGS}/%j/%j_%t_log.out --error {LOGS}/%j/%j_%t_log.err "
-                        rf"--kill-on-bad-exit=1 \S*python\S* -u -m submitit.core._submit {LOGS}/%j", cmd[1]), cmd[1]
+    # one srun task per GPU, a crashed rank ends the step, the pickled JobRunner runs on every task, each
+    # started with USR2 ignored and blocked (fashiontune.launch.task takes it once the job is loaded)
+    srun = (rf"srun --unbuffered --output {LOGS}/%j/%j_%t_log.out --error {LOGS}/%j/%j_%t_log.err "
+            rf"--kill-on-bad-exit=1 ")
+    assert re.match(srun, cmd[1]), cmd[1]
+    argv = shlex.split(cmd[1][len(srun.replace("\\", "")):])
+    assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3
+    assert re.fullmatch(r"trap '' USR2; if env --block-signal=USR2 true 2>/dev/null; then exec env "
+                        rf"--block-signal=USR2 (\S*python\S*) -u -m fashiontune.launch.task {LOGS}/%j; fi; "
+                        rf"exec \1 -u -m fashiontune.launch.task {LOGS}/%j", argv[2]), argv[2]
 
 
 def test_a100_4nodes_sbatch_snapshot():

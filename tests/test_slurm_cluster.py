@@ -3,11 +3,13 @@
 The session fixture starts the cluster (idempotent; ~12 s to install + start on a fresh Debian machine,
 ~0.1 s when up). The tests skip only when this machine cannot host it (start.sh exit 3: not root, no apt);
 any other start failure fails them. Costs on 2 busy CPU cores: smoke ~10 s, failure ~15 s, preemption ~45 s,
-requeue limit ~20 s, shard array (fail, resubmit) ~15 s.
+requeue limit ~20 s, shard array (fail, resubmit) ~15 s. A preempted job is held at a known step (smoke's
+hold_at/hold_file) until the test has seen what it waits for: no test races the job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fashiontune.cli import main
+from fashiontune.launch import testing as T
 from fashiontune.launch import submit as S
 from fashiontune.launch.cluster import load_cluster
 from fashiontune.launch.runner import requeue_count
@@ -43,7 +46,24 @@ def _wait_for_step(run_dir: Path, step: int, timeout_s: float = 120) -> dict:
     raise AssertionError(f"{ckpt} never reached step {step}")
 
 
-STEPS, STEP_S = 30, 0.25
+STEPS, STEP_S, HOLD = 30, 0.05, 5
+
+
+def _starts(run: Path) -> list[dict]:
+    p = run / "starts.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
+
+@contextlib.contextmanager
+def _released(job_id: str, gate: Path):
+    """Let a held smoke job go on leaving the block; cancel it if the block failed (never leave it held)."""
+    try:
+        yield
+    except BaseException:
+        subprocess.run(["scancel", job_id], capture_output=True)
+        raise
+    finally:
+        gate.touch()
 
 
 def test_two_task_job_through_the_cli(dev_cluster, tmp_path, capsys):
@@ -62,30 +82,37 @@ def test_two_task_job_through_the_cli(dev_cluster, tmp_path, capsys):
 
 def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(dev_cluster, tmp_path):
     cluster = load_cluster(REPO / "configs/cluster/slurm-cpu.yaml", [f"log_dir={tmp_path}/logs"])
-    cfg = SmokeConfig(run_dir=str(tmp_path / "run"), steps=STEPS, step_s=STEP_S)
+    gate = tmp_path / "go"
+    cfg = SmokeConfig(run_dir=str(tmp_path / "run"), steps=STEPS, step_s=STEP_S, hold_at=HOLD, hold_file=str(gate))
     sub = S.submit("smoke", cfg, cluster)
     job_id = sub.jobs[0].job_id
-    at = _wait_for_step(Path(cfg.run_dir), 5)
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends on preemption
+    with _released(job_id, gate):
+        _wait_for_step(Path(cfg.run_dir), HOLD)  # held there until `gate` exists: running when signalled
+        T.usr2(job_id)  # what SLURM sends on preemption
+        T.wait_until("the requeued run started", lambda: len(_starts(tmp_path / "run")) == 2, 120)
     results = S.wait(sub, timeout_s=240)
     for r in results[0]:
         assert r["acc"] == expected_acc(STEPS, 2)  # == the uninterrupted run above
-        assert at["step"] <= r["resumed_from"] < STEPS  # resumed from a checkpoint, not from scratch
-    starts = [json.loads(x) for x in (tmp_path / "run/starts.jsonl").read_text().splitlines()]
+        assert r["resumed_from"] == HOLD  # resumed from its checkpoint, not from scratch
+    starts = _starts(tmp_path / "run")
     assert [s["job_id"] for s in starts] == [job_id, job_id]  # same job, same run dir, requeued
     assert [s["restart_count"] for s in starts] == [0, 1]
     assert requeue_count(cfg.run_dir) == 1
     assert "requeue 1/3 of smoke" in (tmp_path / f"logs/{job_id}/{job_id}_0_log.out").read_text()
+    assert T.wait_final_state(job_id, 60) == "COMPLETED"
 
 
 def test_requeues_are_bounded(dev_cluster, tmp_path):
     cluster = load_cluster(REPO / "configs/cluster/slurm-cpu.yaml", [f"log_dir={tmp_path}/logs", "max_requeues=0"])
-    cfg = SmokeConfig(run_dir=str(tmp_path / "run"), steps=STEPS, step_s=STEP_S)
+    gate = tmp_path / "go"
+    cfg = SmokeConfig(run_dir=str(tmp_path / "run"), steps=STEPS, step_s=STEP_S, hold_at=2, hold_file=str(gate))
     sub = S.submit("smoke", cfg, cluster)
-    _wait_for_step(Path(cfg.run_dir), 2)
-    subprocess.run(["scancel", "--signal=USR2", sub.jobs[0].job_id], check=True)
-    with pytest.raises(S.JobFailed, match=r"requeued 0 times already \(max_requeues=0\)"):
-        S.wait(sub, timeout_s=120)
+    with _released(sub.jobs[0].job_id, gate):
+        _wait_for_step(Path(cfg.run_dir), 2)
+        T.usr2(sub.jobs[0].job_id)
+        with pytest.raises(S.JobFailed, match=r"requeued 0 times already \(max_requeues=0\)"):
+            S.wait(sub, timeout_s=120)
+    assert T.wait_final_state(sub.jobs[0].job_id, 60) == "FAILED"
 
 
 def test_a_raising_job_shows_the_remote_traceback_and_log_path(dev_cluster, tmp_path, capsys):

@@ -3,6 +3,8 @@
 
 Cost on 2 busy CPU cores: shard array + merge ~10 s; train.sbatch (DDP) with a batch-shell USR2 requeue ~80 s; the same with
 STRATEGY=deepspeed (ZeRO-2) ~90 s on quiet cores, ~6.5 min when the machine is shared.
+The preempted job is held at a fault point (a FIFO trace, launch.testing.TraceFifo) while it is signalled and
+until SLURM shows its restart: nothing here waits on a file that a checkpoint rotation may delete.
 """
 
 from __future__ import annotations
@@ -10,17 +12,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from fashiontune.launch import testing as T
+from fashiontune.train.testing import FAULT_TRACE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
-
-
-DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
 def _sbatch(args: list[str], env: dict[str, str]) -> str:
@@ -33,16 +33,12 @@ def _sbatch(args: list[str], env: dict[str, str]) -> str:
 def _state(job_id: str) -> str:
     out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
     states = [line.split("JobState=")[1].split()[0] for line in out.splitlines() if "JobState=" in line]
-    return "DONE" if states and all(s in DONE for s in states) else (states[0] if states else "UNKNOWN")
+    return "DONE" if states and all(s in T.DONE for s in states) else (states[0] if states else "UNKNOWN")
 
 
-def _wait(job_id: str, timeout_s: float, until=None) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if (until or (lambda: _state(job_id) == "DONE"))():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} not done after {timeout_s} s (state {_state(job_id)})")
+def _wait(job_id: str, timeout_s: float) -> None:
+    """Until every task of the job (an array) has ended."""
+    T.wait_until(f"job {job_id} ended", lambda: _state(job_id) == "DONE", timeout_s, poll_s=0.5)
 
 
 def _job_states(job_id: str) -> list[str]:
@@ -88,13 +84,22 @@ def test_train_template_two_processes_requeues_on_usr2_and_resumes(dev_cluster, 
                         "checkpoint.every_steps=4 log.tensorboard=false log.plots=false data.batch_size=8 "
                         "data.workers=0"}
     # a CPU node: no GPUs, one node, the two "GPU" processes share 2 CPUs
+    trace = T.TraceFifo(tmp_path / "trace.fifo")
+    env[FAULT_TRACE_ENV] = str(trace.path)
     job = _sbatch(["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--time=30",
                    f"--output={tmp_path}/train-%j.out", "slurm/train.sbatch"], env)
-    _wait(job, 600, until=lambda: (run / "checkpoints/step_00000004/complete.json").exists())
-    subprocess.run(["scancel", "--batch", "--signal=USR2", job], check=True)  # what --signal=B:USR2@180 sends
-    _wait(job, 600)
+    try:
+        trace.wait_for("saved 4", 600)  # the step-4 checkpoint is complete (a line read stays read)
+        trace.hold()  # the job blocks at its next fault point: it is certainly running when the signal lands
+        T.usr2(job, batch=True)  # what --signal=B:USR2@180 sends
+        T.wait_until(f"job {job} restarted", lambda: T.restarts(job) >= 1, 300)
+        trace.release()
+        final = T.wait_final_state(job, 600)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)  # a no-op once it has ended
+        trace.close()
     log = (tmp_path / f"train-{job}.out").read_text()
-    assert _job_states(job) == ["COMPLETED"], log
+    assert final == "COMPLETED", log
     assert "USR2: requeue job" in log and "restart 1:" in log  # the trap requeued the same job id
     assert "resumed from" in log
     assert f"strategy: {strategy}" in (run / "config.yaml").read_text()

@@ -2,12 +2,13 @@
 
 One module fixture builds tiny kagl shards (120 items, 64 px) and runs two 2-task training jobs side by side
 (the node advertises 4 CPUs): an uninterrupted one, and one preempted with USR2 right after its step-4
-checkpoint. Cost on 2 busy CPU cores: ~100 s for both runs, ~60 s for the eval job + the local eval.
+checkpoint, held there (a FIFO fault trace) until SLURM shows the requeue. Cost on 2 busy CPU cores: ~100 s for both runs, ~60 s for the eval job + the local eval.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +17,9 @@ import pytest
 
 from fashiontune.launch import submit as S
 from fashiontune.launch.cluster import load_cluster
+from fashiontune.launch import testing as T
 from fashiontune.launch.runner import requeue_count
+from fashiontune.train.testing import FAULT_TRACE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -45,16 +48,26 @@ def trained(dev_cluster, tmp_path_factory):
     cluster = load_cluster(REPO / "configs/cluster/slurm-cpu.yaml", [f"log_dir={root}/logs"])
     t0 = time.monotonic()
     plain = S.submit("train", _train_cfg(root, "plain"), cluster)
-    preempted = S.submit("train", _train_cfg(root, "preempted"), cluster)
-    marker = root / f"runs/preempted/checkpoints/step_{EVERY:08d}/complete.json"
-    while not marker.exists():
-        assert preempted.jobs[0].watcher.get_state(preempted.jobs[0].job_id) not in {"FAILED", "COMPLETED"}, \
-            "the run to preempt ended before its first checkpoint"
-        time.sleep(0.1)
-    subprocess.run(["scancel", "--signal=USR2", preempted.jobs[0].job_id], check=True)
-    results = {"plain": S.wait(plain, timeout_s=420), "preempted": S.wait(preempted, timeout_s=420)}
+    trace = T.TraceFifo(root / "trace.fifo")
+    os.environ[FAULT_TRACE_ENV] = str(trace.path)  # sbatch passes the environment at submission
+    try:
+        preempted = S.submit("train", _train_cfg(root, "preempted"), cluster)
+    finally:
+        del os.environ[FAULT_TRACE_ENV]
+    job_id = preempted.jobs[0].job_id
+    try:
+        trace.wait_for(f"saved {EVERY}", 420)  # its first checkpoint is complete
+        trace.hold()  # blocks at its next fault point: still running when the signal lands
+        T.usr2(job_id)
+        T.wait_until(f"job {job_id} requeued", lambda: T.restarts(job_id) >= 1, 300)
+        trace.release()
+        results = {"plain": S.wait(plain, timeout_s=420), "preempted": S.wait(preempted, timeout_s=420)}
+        assert T.wait_final_state(job_id, 120) == "COMPLETED"
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True)  # a no-op once it has ended
+        trace.close()
     print(f"two training jobs (one preempted) done in {time.monotonic() - t0:.1f} s")
-    return root, cluster, results, preempted.jobs[0].job_id
+    return root, cluster, results, job_id
 
 
 def test_two_task_training_job_writes_checkpoints_and_results(trained):

@@ -6,6 +6,9 @@ Two things submitit leaves to us:
   falls back to `scontrol show job` there (MinJobAge keeps finished jobs visible to it).
 - preemption-safety flags: `--requeue` so that SLURM may requeue the job, and `srun --kill-on-bad-exit` so
   that one crashed rank ends the step instead of leaving its peers blocked in a collective.
+- preemption at any moment: every task runs `fashiontune.launch.task` (see there) instead of submitit's
+  `_submit`, and the batch shell ignores USR2 (`scancel --full` or `--signal=B:USR2` must not kill it; srun
+  still forwards the signal to the tasks).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import submitit
 from submitit.slurm import slurm as _slurm
 
 from fashiontune.launch.cluster import ClusterConfig, ExecutorKind
+from fashiontune.launch.task import SIGNAL_NAME, task_command
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,6 +92,16 @@ class SlurmJob(_slurm.SlurmJob):
 class SlurmExecutor(_slurm.SlurmExecutor):
     job_class = SlurmJob
 
+    @property
+    def _submitit_command_str(self) -> str:  # also what array jobs run (submitit passes it on)
+        return task_command(self.python, self.folder)
+
+
+class LocalExecutor(submitit.LocalExecutor):
+    @property
+    def _submitit_command_str(self) -> str:
+        return task_command(self.python, self.folder)
+
 
 class _DryRunSlurmExecutor(SlurmExecutor):
     """Builds sbatch text on a machine without `srun` (a laptop checking a config)."""
@@ -126,8 +140,7 @@ def slurm_parameters(cluster: ClusterConfig, job_name: str, single_task: bool = 
         p["mem"] = _slurm._convert_mem(cluster.mem_gb)
     if cluster.exclusive:
         p["exclusive"] = True
-    if cluster.setup:
-        p["setup"] = list(cluster.setup)
+    p["setup"] = [f"trap '' {SIGNAL_NAME}  # the tasks handle it (fashiontune.launch.task)", *cluster.setup]
     return p
 
 
@@ -135,7 +148,7 @@ def make_executor(cluster: ClusterConfig, job_name: str, single_task: bool = Fal
     folder = Path(cluster.log_dir).absolute() / "%j"
     python = cluster.python or None
     if cluster.executor == ExecutorKind.local:
-        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=cluster.max_requeues, python=python)
+        ex = LocalExecutor(folder=folder, max_num_timeout=cluster.max_requeues, python=python)
         ex.update_parameters(
             timeout_min=cluster.time_min,
             tasks_per_node=1 if single_task else cluster.tasks_per_node,

@@ -3,7 +3,8 @@
 Every step all-reduces (rank + 1) * step over gloo (or nccl), adds the sum to an accumulator and, every
 `checkpoint_every` steps, rank 0 saves {step, acc} after a barrier. A requeued job resumes from that file, so
 its final `acc` equals an uninterrupted run's: exactly what preemption must preserve. `fail_at_step` makes
-one rank raise, to see how a remote failure reaches the user.
+one rank raise, to see how a remote failure reaches the user. `hold_at` + `hold_file` make every rank wait
+before that step until the file exists: a test keeps the job at a known point until it lets it go.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class SmokeConfig:
     fail_rank: int = 0
     backend: str = "gloo"
     timeout_s: int = 120  # collective timeout: a dead peer ends the job instead of hanging it
+    hold_at: int = -1  # >= 0: before this step (its checkpoint written), wait until `hold_file` exists
+    hold_file: str = ""
 
 
 def expected_acc(steps: int, world_size: int) -> float:
@@ -62,6 +65,8 @@ def run_smoke(cfg: SmokeConfig) -> dict:
                                 "master": f"{dist.master_addr}:{dist.master_port}"}) + "\n")
     print(f"smoke: {dist.describe()} host={socket.gethostname()} resuming at step {start}", flush=True)
     for step in range(start, cfg.steps):
+        while step == cfg.hold_at and not Path(cfg.hold_file).exists():
+            time.sleep(0.05)
         if step == cfg.fail_at_step and dist.rank == cfg.fail_rank:
             raise RuntimeError(f"smoke job: rank {dist.rank} fails on purpose at step {step} (fail_at_step)")
         t = torch.tensor([float((dist.rank + 1) * (step + 1))])

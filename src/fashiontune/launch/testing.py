@@ -1,0 +1,111 @@
+"""Test support for the SLURM tests: job state from `scontrol` (stays visible MinJobAge after the end), and a
+FIFO fault trace that holds a training job at a point the test chooses until the test lets it go.
+
+Tests wait only on conditions that stay true (a job's final state, its restart count, a line already
+read), never on a file a checkpoint rotation may delete.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+        "PREEMPTED"}
+
+
+def job_info(job_id: str) -> dict[str, str]:
+    """`scontrol -o show job` of one (non-array) job: {JobState, Restarts, ExitCode, ...}; {} if unknown."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", str(job_id)], capture_output=True, text=True).stdout
+    line = out.splitlines()[0] if out.strip() else ""
+    return dict(re.findall(r"(\w[\w/:]*)=(\S*)", line))
+
+
+def restarts(job_id: str) -> int:
+    return int(job_info(job_id).get("Restarts", 0) or 0)
+
+
+def wait_until(what: str, cond: Callable[[], bool], timeout_s: float, poll_s: float = 0.2) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"not true after {timeout_s:.0f} s: {what}")
+        time.sleep(poll_s)
+
+
+def wait_final_state(job_id: str, timeout_s: float) -> str:
+    """The job's final state (COMPLETED, FAILED, ...); a requeued job is not final until its last run ends."""
+    state = {}
+
+    def done() -> bool:
+        state.update(job_info(job_id))
+        return state.get("JobState") in DONE
+
+    wait_until(f"job {job_id} ended (state {state.get('JobState')})", done, timeout_s, poll_s=0.5)
+    return state["JobState"]
+
+
+def usr2(job_id: str, batch: bool = False) -> None:
+    """What SLURM sends on preemption / before the time limit: to the job's steps, or (`batch`, what
+    `--signal=B:USR2` sends) to the batch shell only."""
+    subprocess.run(["scancel", *(["--batch"] if batch else []), "--signal=USR2", str(job_id)], check=True)
+
+
+class TraceFifo:
+    """A FIFO to set as FASHIONTUNE_TEST_FAULT_TRACE: every fault point of a training job
+    (fashiontune.train.testing.fault_point) writes "<phase> <step>" to it.
+
+    `hold()` fills the pipe, so that the job's next fault point blocks in its write: the job stays at a known
+    point however fast or slow the machine is, until `release()` drains the pipe. The read end stays open
+    until `close()`, so that no writer ever sees a broken pipe; a pipe holds far more lines than a test run
+    writes, so nothing needs to read while the job runs."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        os.mkfifo(self.path)
+        self._r = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self._w = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)  # the filler; also: reads never see EOF
+        self.lines: list[str] = []
+        self._partial = b""
+
+    def read(self) -> list[str]:
+        """Every line written so far (reading releases a hold)."""
+        while True:
+            try:
+                chunk = os.read(self._r, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data = self._partial + chunk.replace(b"\0", b"")
+            *done, self._partial = data.split(b"\n")
+            self.lines += [x.decode() for x in done if x]
+        return self.lines
+
+    def wait_for(self, line: str, timeout_s: float) -> None:
+        wait_until(f"{line!r} in the fault trace", lambda: line in self.read(), timeout_s)
+
+    def hold(self) -> None:
+        self.read()  # keep what the job wrote so far
+        for size in (1 << 12, 1):
+            while True:
+                try:
+                    os.write(self._w, b"\0" * size)
+                except BlockingIOError:
+                    break
+                except OSError as e:  # pragma: no cover
+                    if e.errno != errno.EAGAIN:
+                        raise
+                    break
+
+    def release(self) -> None:
+        self.read()
+
+    def close(self) -> None:
+        os.close(self._w)
+        os.close(self._r)
