@@ -58,6 +58,10 @@ class DataConfig:
                 "(balanced sampling drops and repeats samples, so an exact epoch is impossible); "
                 "set data.epoch_mode=resampled or data.balance_field=''."
             )
+        if not self.train_split:
+            raise ConfigError(f"{source}: data.train_split is empty; name a split of the manifest (e.g. train).")
+        if self.workers and self.prefetch_factor < 1:
+            raise ConfigError(f"{source}: data.prefetch_factor={self.prefetch_factor} must be >= 1 with data.workers > 0.")
         if self.balance_power < 0:
             raise ConfigError(f"{source}: data.balance_power={self.balance_power} must be >= 0.")
         return self

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from fashiontune.config import load_config
 
@@ -24,14 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("fashiontune").setLevel(logging.INFO)  # ours, without open_clip's INFO chatter
-    from fashiontune.eval.embed import ShardReadError
-    from fashiontune.models import ModelLoadError
-    from fashiontune.shards.errors import ManifestError
-
-    cfg = load_config(EvalConfig, args.config, args.overrides)
-    try:
-        run_eval(cfg)
-    except (ShardReadError, ModelLoadError, ManifestError) as e:  # a user's input to fix: the message, no traceback
-        print(f"fashiontune eval: {e}", file=sys.stderr)
-        return 2
+    # user errors (config, shards, model files) are printed as one line by fashiontune.cli
+    cfg = load_config(EvalConfig, args.config, args.overrides).validate(args.config or "eval config")
+    run_eval(cfg)
     return 0

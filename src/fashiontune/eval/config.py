@@ -2,9 +2,11 @@
 
 # No `from __future__ import annotations`: fashiontune.config reads the field types to suggest valid keys.
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import List
 
+from fashiontune.config import require
 from fashiontune.models import ModelConfig
 
 
@@ -78,3 +80,51 @@ class EvalConfig:
     category: CategoryConfig = field(default_factory=CategoryConfig)
     classification: ClassificationConfig = field(default_factory=ClassificationConfig)
     plots: PlotConfig = field(default_factory=PlotConfig)
+
+    def validate(self, source: str = "eval config") -> "EvalConfig":
+        """Ranges and choices, checked before any work; ConfigError names the key and the allowed range."""
+        require(bool(self.name), source, "name", self.name, "set a non-empty run name")
+        self.model.validate(source)
+        d = self.data
+        require(bool(d.shards), source, "data.shards", d.shards, "set the shard directory (holding manifest.json)")
+        require(bool(d.split), source, "data.split", d.split, "name a split of the manifest, e.g. test")
+        require(d.batch_size >= 1, source, "data.batch_size", d.batch_size, "set an integer >= 1")
+        require(d.num_workers >= 0, source, "data.num_workers", d.num_workers, "set an integer >= 0 (0 = main process)")
+        r = self.retrieval
+        _check_ks(source, "retrieval.ks", r.ks, r.enabled)
+        require(r.chunk_size >= 0, source, "retrieval.chunk_size", r.chunk_size, "set an integer >= 0 (0 = auto)")
+        require(r.memory_budget_mb >= 0, source, "retrieval.memory_budget_mb", r.memory_budget_mb,
+                "set MiB >= 0 (0 = auto)")
+        require(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", r.device)), source, "retrieval.device", r.device,
+                "use auto, cpu, cuda or cuda:N")
+        c = self.category
+        _check_ks(source, "category.ks", c.ks, c.enabled)
+        require(bool(c.templates), source, "category.templates", c.templates, "give at least one template with {}")
+        for i, t in enumerate(c.templates):
+            require(_formats(t), source, f"category.templates[{i}]", t,
+                    "a template must hold exactly one {} where the label goes (other braces doubled: {{ }})")
+        cl = self.classification
+        th = cl.multi_label_threshold
+        require(th < 0 or 0 <= th <= 1, source, "classification.multi_label_threshold", th,
+                "set a probability in [0, 1], or a negative value to tune it on this split")
+        require(cl.max_confusion_classes >= 0, source, "classification.max_confusion_classes",
+                cl.max_confusion_classes, "set an integer >= 0")
+        require(self.plots.grid_queries >= 0, source, "plots.grid_queries", self.plots.grid_queries,
+                "set an integer >= 0 (0 = no grid)")
+        require(self.plots.grid_k >= 1, source, "plots.grid_k", self.plots.grid_k, "set an integer >= 1")
+        return self
+
+
+def _check_ks(source: str, key: str, ks: List[int], enabled: bool) -> None:
+    if enabled:
+        require(bool(ks), source, key, ks, "list at least one cutoff K >= 1, e.g. [1, 5, 10]")
+    bad = [k for k in ks if k < 1]
+    require(not bad, source, key, ks, f"every K must be an integer >= 1 ({bad[0] if bad else ''} is not)")
+
+
+def _formats(template: str) -> bool:
+    """True when template.format(label) works and places the label once (what open_clip's classifier does)."""
+    try:
+        return template.format("\0").count("\0") == 1
+    except (IndexError, KeyError, ValueError):
+        return False

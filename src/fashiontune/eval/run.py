@@ -94,6 +94,7 @@ def _targets(corpus: E.Corpus, field: str, spec: dict) -> np.ndarray:
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate; returns the results dict on rank 0 ({} on other ranks). Writes results.json, plots, cache."""
+    cfg.validate()  # before any work (also for library callers and jobs/eval.py)
     t0 = time.perf_counter()
     state = _dist_state()
     out = out_dir(cfg)

@@ -87,3 +87,38 @@ class TaskConfig:
     prompts: PromptConfig = _field(default_factory=PromptConfig)
     contrastive: ContrastiveConfig = _field(default_factory=ContrastiveConfig)
     multilabel: MultiLabelConfig = _field(default_factory=MultiLabelConfig)
+
+    def validate(self, source: str = "task config") -> "TaskConfig":
+        """Range and choice checks before any model is built; ConfigError names the key and the allowed values.
+        (Label fields are checked against the manifest by TrainConfig.validate via metric_names.)"""
+        from fashiontune.config import require
+
+        name = TaskName(self.name)
+        if name != TaskName.contrastive and not (name in (TaskName.attributes, TaskName.zeroshot) and self.fields):
+            require(bool(self.field), source, "task.field", self.field, "name a label field of the shards' manifest")
+        require(0 <= self.label_smoothing < 1, source, "task.label_smoothing", self.label_smoothing, "set a value in [0, 1)")
+        require(self.freeze.stages_per_epoch >= 1, source, "task.freeze.stages_per_epoch", self.freeze.stages_per_epoch,
+                "set an integer >= 1")
+        require(self.freeze.unfreeze_epoch >= 0, source, "task.freeze.unfreeze_epoch", self.freeze.unfreeze_epoch,
+                "set an integer >= 0")
+        p = self.prompts
+        require(p.template_set in TEMPLATE_SETS, source, "task.prompts.template_set", p.template_set,
+                "use one of '', 'openai', 'simple'")
+        require(bool(p.templates) or bool(p.template_set), source, "task.prompts.templates", p.templates,
+                "give at least one template such as 'a photo of a {label}.', or name a template_set")
+        for i, t in enumerate(p.templates):
+            require("{label}" in t or "{}" in t, source, f"task.prompts.templates[{i}]", t,
+                    "a template must contain {label} (or {}) where the label goes")
+        m = self.multilabel
+        require(m.max_pos_weight >= 1, source, "task.multilabel.max_pos_weight", m.max_pos_weight, "set a value >= 1")
+        require(m.focal_alpha < 0 or 0 <= m.focal_alpha <= 1, source, "task.multilabel.focal_alpha", m.focal_alpha,
+                "set a value in [0, 1] (or < 0 for no class weighting)")
+        require(m.focal_gamma >= 0, source, "task.multilabel.focal_gamma", m.focal_gamma, "set a value >= 0")
+        require(0 <= m.threshold <= 1, source, "task.multilabel.threshold", m.threshold, "set a probability in [0, 1]")
+        require(m.tune_metric in TUNE_METRICS, source, "task.multilabel.tune_metric", m.tune_metric,
+                f"use one of {', '.join(TUNE_METRICS)}")
+        return self
+
+
+TEMPLATE_SETS = ("", "openai", "simple")  # open_clip's template lists (tasks/base.py expand_templates)
+TUNE_METRICS = ("macro_f1", "micro_f1")  # what tasks/metrics.py tune_threshold maximises

@@ -6,6 +6,11 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, f1_score
 
+# the metric names each function reports (tasks/metric_names.py declares a task's names from them)
+SINGLE_LABEL = ("accuracy", "top5", "macro_f1")
+MULTI_LABEL = ("micro_f1", "macro_f1", "mAP")
+RETRIEVAL_KS = (1, 5, 10)
+
 
 def single_label(y_true: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     """Accuracy, top-5 (top-k with k = min(5, classes)) and macro F1 over the classes present in y_true."""
@@ -48,7 +53,7 @@ def tune_threshold(y_true: np.ndarray, probs: np.ndarray, metric: str = "macro_f
     return float(grid[int(np.nanargmax(scores))]) if not np.all(np.isnan(scores)) else 0.5
 
 
-def retrieval(img: torch.Tensor, txt: torch.Tensor, groups: list[str] | None, ks=(1, 5, 10)) -> dict[str, float]:
+def retrieval(img: torch.Tensor, txt: torch.Tensor, groups: list[str] | None, ks=RETRIEVAL_KS) -> dict[str, float]:
     """Recall@K both ways over normalised embeddings; a hit is any item of the same group (else same index)."""
     n = img.shape[0]
     if n == 0:

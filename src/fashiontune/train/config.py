@@ -6,15 +6,17 @@ packages plus the loop's own sections (optimiser, schedule, precision, distribut
 
 from __future__ import annotations
 
+import difflib
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from fashiontune.config import ConfigError, load_config
+from fashiontune.config import ConfigError, load_config, require
 from fashiontune.data import DataConfig
 from fashiontune.models import ModelConfig
-from fashiontune.tasks.config import TaskConfig
+from fashiontune.tasks.config import TaskConfig, TaskName
+from fashiontune.tasks.metric_names import validation_metrics
 
 
 class Precision(str, enum.Enum):
@@ -113,6 +115,8 @@ class TrainConfig:
         return Path(self.out_dir) / self.name
 
     def validate(self, source: str = "train config") -> "TrainConfig":
+        """Every check that needs no model: ranges, choices, files, and checkpoint.best_metric against the
+        task's metric names (label fields from the manifest when the shards are there). Runs before any work."""
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise ConfigError(f"{source}: {msg}")
@@ -128,12 +132,52 @@ class TrainConfig:
         need(self.checkpoint.keep_last >= 1, f"checkpoint.keep_last={self.checkpoint.keep_last} must be >= 1.")
         need(self.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0 (0 = only at the end).")
         need(self.log.every_steps >= 1, "log.every_steps must be >= 1.")
+        self._check_ranges(source)
         if self.dist.strategy == Strategy.deepspeed:
             need(Path(self.dist.deepspeed_config).is_file(),
                  f"dist.deepspeed_config={self.dist.deepspeed_config!r} does not exist; pass one of "
                  "configs/deepspeed/zero1.json, zero2.json, zero3.json (paths relative to where you run).")
         self.data.validate(source)
+        self.model.validate(source)
+        self.task.validate(source)
+        self._check_best_metric(source)
         return self
+
+    def _check_ranges(self, source: str) -> None:
+        o, lp = self.optim, self.loop
+        require(o.weight_decay >= 0, source, "optim.weight_decay", o.weight_decay, "set a value >= 0")
+        for key in ("beta1", "beta2"):
+            require(0 <= getattr(o, key) < 1, source, f"optim.{key}", getattr(o, key), "set a value in [0, 1)")
+        require(o.eps > 0, source, "optim.eps", o.eps, "set a value > 0")
+        for key in ("epochs", "max_steps", "stop_after_steps"):
+            require(getattr(lp, key) >= 0, source, f"loop.{key}", getattr(lp, key), "set an integer >= 0")
+        require(self.dist.timeout_s >= 1, source, "dist.timeout_s", self.dist.timeout_s, "set seconds >= 1")
+        for key in ("eval_every_steps", "eval_max_batches"):
+            require(getattr(self.log, key) >= 0, source, f"log.{key}", getattr(self.log, key),
+                    "set an integer >= 0 (0 = every epoch / the whole split)")
+
+    def _check_best_metric(self, source: str) -> None:
+        """checkpoint.best_metric must be a name the task's validation reports (else the run would fail only
+        after its first validation, or never pick a best model)."""
+        metric = self.checkpoint.best_metric
+        if not metric:
+            return
+        manifest = None
+        if (Path(self.data.shards) / "manifest.json").is_file():
+            from fashiontune.data import ManifestError, read_manifest
+
+            try:
+                manifest = read_manifest(self.data.shards)
+            except ManifestError:
+                manifest = None  # reported with its fix when the run reads the shards
+        names = validation_metrics(self.task, manifest)
+        if names is not None and metric not in names:
+            near = difflib.get_close_matches(metric, names, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(
+                f"{source}: checkpoint.best_metric={metric!r} is not a validation metric of task.name="
+                f"{TaskName(self.task.name).value}.{hint} Choose one of: {', '.join(names)} (or '' for the task's own)."
+            )
 
 
 def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
