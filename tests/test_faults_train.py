@@ -16,6 +16,10 @@ process runs to the end. Two chains per run of this file:
 - random: RANDOM_POINTS points drawn with a fixed seed (FASHIONTUNE_FAULT_SEED to draw others) from all
   ~130 traced points.
 Cost: ~2-3 min on 2 cores (one in-process reference, 6 killed subprocesses, 2 in-process finishes).
+
+DeepSpeed ZeRO-3 (one process, its own checkpoint files, checked before DeepSpeed reads them): killed
+mid-save and resumed, it ends with the uninterrupted run's weights. ~45 s (3 subprocesses). The 2-process
+ZeRO-2 resume is tests/test_train_distributed.py's.
 """
 
 from __future__ import annotations
@@ -70,12 +74,19 @@ def reference(kagl, tmp_path_factory) -> tuple[Path, list[str]]:
     return out / "ref", points
 
 
+def train_process(args: list[str], kill_at: str = "") -> int:
+    """`fashiontune train` in a subprocess, SIGKILLing itself at the fault point `kill_at` (if given)."""
+    argv = [sys.executable, "-m", "fashiontune", "train", "--config", str(CONFIG), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({FAULT_KILL_ENV: kill_at} if kill_at else {})}
+    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    if kill_at:
+        assert proc.returncode == -signal.SIGKILL, f"not killed at {kill_at}: rc={proc.returncode}\n" + proc.stderr.decode()[-3000:]
+    return proc.returncode
+
+
 def killed_at(kagl: Path, out: Path, point: str) -> None:
     """One training process that SIGKILLs itself at `point`; it must really die there."""
-    argv = [sys.executable, "-m", "fashiontune", "train", "--config", str(CONFIG), *overrides(kagl, out, "chain")]
-    env = {**os.environ, FAULT_KILL_ENV: point, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
-    assert proc.returncode == -signal.SIGKILL, f"not killed at {point}: rc={proc.returncode}\n" + proc.stderr.decode()[-3000:]
+    train_process(overrides(kagl, out, "chain"), kill_at=point)
     assert not (out / "chain" / "results.json").exists()
 
 
@@ -128,3 +139,15 @@ def test_kills_at_seeded_random_moments_resume_exactly(kagl, reference, tmp_path
     chain = sorted(random.Random(SEED).sample(points, RANDOM_POINTS), key=points.index)
     print(f"fault points (seed {SEED}): {chain}")
     assert_same_run(run_chain(kagl, tmp_path, chain), ref)
+
+
+@pytest.mark.distributed
+def test_deepspeed_zero3_killed_mid_save_resumes_exactly(kagl, tmp_path):
+    ds = ["dist.strategy=deepspeed", f"dist.deepspeed_config={ROOT / 'configs/deepspeed/zero3.json'}",
+          "loop.max_steps=6", "checkpoint.every_steps=2"]
+    assert train_process([*overrides(kagl, tmp_path, "full"), *ds]) == 0
+    train_process([*overrides(kagl, tmp_path, "killed"), *ds], kill_at="save@4")
+    assert (tmp_path / "killed" / "checkpoints" / ".tmp-step_00000004" / "pytorch_model").is_dir()  # cut mid-save
+    assert train_process([*overrides(kagl, tmp_path, "killed"), *ds]) == 0
+    assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from_step"] == 2
+    assert_same_run(tmp_path / "killed", tmp_path / "full")
