@@ -29,7 +29,7 @@ from fashiontune.records import Record, Skip
 from fashiontune.shards import writer
 from fashiontune.shards.build import build_shards
 from fashiontune.shards.config import ShardBuildConfig
-from fashiontune.shards.errors import BuildError, OutputError
+from fashiontune.shards.errors import OutputError
 from fashiontune.shards.testing import ListSource, make_corpus
 from fashiontune.sources import SourceError, get_source
 
@@ -104,10 +104,11 @@ def test_unclosed_quote_in_kagl_and_imaterialist_costs_one_line(tmp_path):
     head = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
     rows = [f"{100 + i},Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Shirt {i}" for i in range(10)]
     rows[2] = '102,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,"Shirt 2'
-    (kagl / "styles.csv").write_text(head + "\n".join(rows) + "\n")
+    rows[9] = '109,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,"Shirt 9'  # the last line, no line break
+    (kagl / "styles.csv").write_text(head + "\n".join(rows))
     recs, skips = read("kagl", kagl)
-    assert [(s.reason, s.path.rsplit(":", 1)[1]) for s in skips] == [("unparsable_row", "4")]
-    assert len(recs) == 9
+    assert [(s.reason, s.path.rsplit(":", 1)[1]) for s in skips] == [("unparsable_row", "4"), ("unparsable_row", "11")]
+    assert len(recs) == 8
     im = tmp_path / "imat"
     (im / "train").mkdir(parents=True)
     (im / "label_descriptions.json").write_text(json.dumps({"categories": [{"id": 0, "name": "shirt"}],

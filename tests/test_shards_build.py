@@ -1,8 +1,9 @@
 """Shard builder end to end on a tiny in-memory source: determinism across reruns / workers / array jobs,
 resume after a crash or a SIGKILL, merge completeness, the bad-fraction threshold, quirks, config errors.
 
-Cost on a loaded 2-core machine: ~15-25 s in all (the 2-worker pool and the SIGKILL subprocess pay
-~1-3 s of interpreter start each; the reader test imports webdataset, i.e. torch, ~5 s).
+Cost on a loaded 2-core machine: ~10-25 s in all (the 2-worker pool and the SIGKILL subprocess pay
+~1-3 s of interpreter start each; the reader test imports webdataset, i.e. torch, ~5 s). The SIGKILL test
+kills a child that waits, after its third shard, to be killed: no timing, no race.
 """
 
 import json
@@ -11,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -173,8 +173,19 @@ from fashiontune.shards import writer
 from fashiontune.shards.build import build_shards
 from fashiontune.shards.config import ShardBuildConfig
 from fashiontune.shards.testing import ListSource, make_corpus
-real = writer.encode
-writer.encode = lambda *a, **k: (time.sleep(0.1), real(*a, **k))[1]  # slow enough to be killed mid-way
+real, records = writer.write_json_atomic, []
+
+
+def write_json_atomic(path, obj, **kw):
+    real(path, obj, **kw)
+    if "/shards/" in str(path):  # a shard's completion record
+        records.append(path)
+        if len(records) == 3:  # tell the test, then wait to be killed (the test holds us here, no race)
+            print("ready", flush=True)
+            time.sleep(600)
+
+
+writer.write_json_atomic = write_json_atomic
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 recs = make_corpus(root, %d, seed=1, write=False)
 build_shards(ShardBuildConfig(input=str(root), out=str(out), image_size=32, shard_size=4, workers=1,
@@ -188,19 +199,16 @@ def test_sigkill_mid_build_then_rerun_is_identical(corpus, tmp_path):
     out = tmp_path / "killed"
     script = tmp_path / "slow_build.py"
     script.write_text(KILL_SCRIPT % N)
-    proc = subprocess.Popen([sys.executable, str(script), str(root), str(out)])
+    proc = subprocess.Popen([sys.executable, str(script), str(root), str(out)], stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list((out / "_state/shards").rglob("*.json"))) >= 3:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the build finished before it could be killed"
+        assert proc.stdout.readline() == "ready\n", "the build ended before its third shard"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     done = len(list((out / "_state/shards").rglob("*.json")))
-    assert 3 <= done < N // 4 and not (out / "manifest.json").exists()
+    assert done == 3 and not (out / "manifest.json").exists()
     build_shards(cfg_for(root, out), ListSource(recs))
     assert tree(out) == tree(tmp_path / "ref")
     assert (out / "config.yaml").read_text() == (tmp_path / "ref/config.yaml").read_text().replace("/ref", "/killed")

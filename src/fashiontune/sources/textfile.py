@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, NamedTuple, Optional, Union
 
 from .base import SourceError
 
@@ -40,8 +40,7 @@ def check_encoding(encoding: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):  # a tuple: one is made per line of files with 300k lines
     number: int  # 1-based physical line number
     text: str  # decoded, line ending kept; undecodable bytes as surrogate escapes
     bad: Optional[str] = None  # what is undecodable here and how to fix it; None when the line is clean
@@ -68,6 +67,8 @@ def read_lines(path: Path, encoding: str = "utf-8") -> Iterator[Line]:
             offset += len(raw)
             if number == 1 and encoding.startswith("utf-8") and raw.startswith(codecs.BOM_UTF8):
                 raw, start = raw[len(codecs.BOM_UTF8):], start + len(codecs.BOM_UTF8)
+            if not raw.endswith(b"\n"):  # the last line: ended like the others, so a quote open here shows
+                raw += b"\n"
             try:
                 yield Line(number, raw.decode(encoding))
             except UnicodeDecodeError as e:
@@ -100,8 +101,7 @@ class BadRow:
     detail: str
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     line: int  # first physical line of the record
     cells: list[str]
     last_line: int
@@ -153,31 +153,31 @@ class CsvTable:
         close later) is reported at its first line, and parsing resumes at the line after it."""
         cols = {i for i, h in enumerate(self.header) if h in set(multiline)}
         for rec in self._records(cols):
-            if isinstance(rec, Row) and not any(c.strip() for c in rec.cells):
+            if isinstance(rec, Row) and not "".join(rec.cells).strip():
                 continue
             self.rows_seen += 1
             yield rec
 
     def _records(self, multiline: set[int]) -> Iterator[Union[Row, BadRow]]:
         feed = self._feed
+        # strict where cells may span lines: a stray quote is then an error, not the start of a swallow
+        reader = csv.reader(feed, strict=bool(multiline))
         while True:
             feed.start()
             try:
-                if multiline:  # the reader pulls as many lines as the record spans
-                    cells = next(csv.reader(feed, strict=True))
-                else:  # one line is one record: an open quote cannot reach the next line
-                    cells = next(csv.reader([next(feed)]))
+                cells = next(reader)
             except StopIteration:
                 return
             except csv.Error as e:
                 yield self._unclosed(feed, str(e))
+                reader = csv.reader(feed, strict=bool(multiline))
                 continue
             first, last = feed.taken[0].number, feed.taken[-1].number
             problem = self._check(cells, first, last, multiline)
             if problem:
                 yield self._unclosed(feed, problem)
                 continue
-            bad = next((ln.bad for ln in feed.taken if ln.bad), None)
+            bad = feed.taken[0].bad if len(feed.taken) == 1 else next((ln.bad for ln in feed.taken if ln.bad), None)
             if bad:
                 yield BadRow(first, "bad_encoding", bad)
                 continue
@@ -185,8 +185,8 @@ class CsvTable:
 
     def _check(self, cells: list[str], first: int, last: int, multiline: set[int]) -> Optional[str]:
         """Why a record read over several lines is not one real row (None if it is, or spans one line)."""
-        if first == last:
-            return "unclosed quote at the end of the line" if any("\n" in c or "\r" in c for c in cells) else None
+        if first == last:  # only a quote left open at the end of the file leaves a line break in (the last) cell
+            return "unclosed quote at the end of the file" if cells and cells[-1][-1:] in ("\n", "\r") else None
         if not multiline or any(("\n" in c or "\r" in c) and i not in multiline for i, c in enumerate(cells)):
             return f"a quoted cell runs over lines {first}-{last}"
         if len(cells) != len(self.header):
