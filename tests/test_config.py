@@ -74,3 +74,122 @@ def test_nested_key_error_lists_valid_keys_under_postponed_annotations():
     with pytest.raises(ConfigError) as e:
         load_config(TrainConfig, None, ["optim.lrr=1"])
     assert "Did you mean 'optim.lr'" in str(e.value) and "weight_decay" in str(e.value)
+
+
+# --------------------------------------------------------------------------- validation before any work
+def _train(*overrides):
+    from fashiontune.train.config import load_train_config
+
+    return load_train_config(None, ["data.shards=/nonexistent/shards", *overrides])
+
+
+def _eval(*overrides):
+    from fashiontune.eval.config import EvalConfig
+
+    return load_config(EvalConfig, None, list(overrides)).validate()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.prefetch_factor=0", "data.prefetch_factor"),
+    ("optim.beta2=1.0", "optim.beta2"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("loop.max_steps=-1", "loop.max_steps"),
+    ("log.eval_every_steps=-5", "log.eval_every_steps"),
+    ("model.aug_scale_min=0", "model.aug_scale_min"),
+    ("model.aug_scale_max=2", "model.aug_scale_max"),
+    ("model.image_size=0", "model.image_size"),
+    ("task.label_smoothing=1.0", "task.label_smoothing"),
+    ("task.multilabel.threshold=1.5", "task.multilabel.threshold"),
+    ("task.multilabel.focal_alpha=2", "task.multilabel.focal_alpha"),
+    ("task.multilabel.tune_metric=f1", "task.multilabel.tune_metric"),
+    ("task.prompts.template_set=imagenet", "task.prompts.template_set"),
+    ("task.prompts.templates=[a photo]", "task.prompts.templates[0]"),
+    ("task.freeze.mode=sometimes", "task.freeze.mode"),
+    ("checkpoint.best_metric=acuracy", "checkpoint.best_metric"),
+])
+def test_train_config_out_of_range_names_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        _train(override)
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_best_metric_typo_suggests_and_lists_the_task_metrics():
+    with pytest.raises(ConfigError) as e:
+        _train("task.name=classify", "checkpoint.best_metric=acuracy")
+    assert "Did you mean 'accuracy'" in str(e.value) and "macro_f1" in str(e.value)
+    assert _train("task.name=classify", "checkpoint.best_metric=macro_f1").checkpoint.best_metric == "macro_f1"
+    with pytest.raises(ConfigError, match="mean_R@1"):
+        _train("task.name=contrastive", "checkpoint.best_metric=accuracy")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("retrieval.ks=[0]", "retrieval.ks"),
+    ("retrieval.ks=[]", "retrieval.ks"),
+    ("category.ks=[5,-1]", "category.ks"),
+    ("retrieval.chunk_size=-1", "retrieval.chunk_size"),
+    ("retrieval.device=gpu", "retrieval.device"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.num_workers=-2", "data.num_workers"),
+    ("category.templates=[]", "category.templates"),
+    ("category.templates=['a {label}']", "category.templates[0]"),
+    ("classification.multi_label_threshold=1.5", "classification.multi_label_threshold"),
+    ("plots.grid_k=0", "plots.grid_k"),
+    ("precision=fp8", "precision"),
+])
+def test_eval_config_out_of_range_names_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        _eval(override)
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_valid_configs_pass():
+    _eval("retrieval.ks=[1,5]", "classification.multi_label_threshold=-1", "retrieval.device=cuda:1")
+    _train("task.name=multilabel", "task.field=tags", "checkpoint.best_metric=mAP")
+
+
+# metric names declared without a model == what each task's evaluate() really reports
+def _evaluated_names(cfg) -> list[str]:
+    import torch
+
+    from fashiontune.models import ModelConfig, load_clip
+    from fashiontune.tasks import build_task
+    from test_tasks_synthetic import batch, manifest
+
+    torch.manual_seed(0)
+    loaded = load_clip(ModelConfig(name="ft-tiny-vit", image_size=32))
+    task = build_task(cfg, loaded, manifest())
+    tok = loaded.tokenizer if task.needs_text else None
+    return sorted(task.evaluate([batch(8, seed=1, tokenizer=tok)]))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(name="classify", field="colour"),
+    dict(name="multilabel", field="colours"),
+    dict(name="attributes", fields=["colour", "colours"]),
+    dict(name="attributes"),  # every field of the manifest
+    dict(name="zeroshot", field="colours"),
+    dict(name="contrastive"),
+], ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_declared_metric_names_match_evaluate(kw):
+    from fashiontune.tasks.config import TaskConfig, TaskName
+    from fashiontune.tasks.metric_names import validation_metrics
+    from test_tasks_synthetic import manifest
+
+    cfg = TaskConfig(**{**kw, "name": TaskName(kw["name"])})
+    assert validation_metrics(cfg, manifest()) == _evaluated_names(cfg)
+
+
+def test_metric_names_check_fields_against_the_manifest():
+    from fashiontune.tasks import TaskError
+    from fashiontune.tasks.config import TaskConfig, TaskName
+    from fashiontune.tasks.metric_names import validation_metrics
+    from test_tasks_synthetic import manifest
+
+    with pytest.raises(TaskError, match="task.fields='sleeve'.*colour"):
+        validation_metrics(TaskConfig(name=TaskName.attributes, fields=["colour", "sleeve"]), manifest())
+    # without a manifest: known for single-field tasks, unknown (None: checked when the run starts) for the others
+    assert "accuracy" in validation_metrics(TaskConfig(name=TaskName.classify, field="x"))
+    assert validation_metrics(TaskConfig(name=TaskName.attributes)) is None
