@@ -427,3 +427,15 @@ def test_killed_at_random_points_then_rerun_is_identical(corpus, tmp_path):
     done = run(out, 0)
     assert done.returncode == 0, done.stderr
     assert tree(out) == tree(ref)  # shards, their sha256 records, plan, errors.jsonl and manifest: byte-identical
+
+
+def test_text_that_is_not_unicode_never_reaches_a_shard(corpus, tmp_path):
+    """A lone surrogate (a JSON "\\ud800" escape) or undecodable bytes from any source: an error line, no crash."""
+    root, recs, _ = corpus
+    good = [r for r in recs if isinstance(r, Record)]
+    odd = [Record(id="lone", group_id="lone", image_path=good[0].image_path, text="caption \ud800"),
+           Skip(id="bytes", path=os.fsdecode(b"/in/r\xf6t.jpg"), reason="bad_filename", detail="")]
+    build_shards(cfg_for(root, tmp_path / "o"), ListSource(good + odd))
+    errs = {e["id"]: e for e in errors_of(tmp_path / "o")}
+    assert errs["lone"]["reason"] == "bad_encoding" and "text" in errs["lone"]["detail"]
+    assert errs["bytes"]["path"] == "/in/r\\xf6t.jpg"

@@ -1,7 +1,8 @@
 """A user's own catalogue as a CSV: one row per image.
 
 --input is either the CSV file itself or a folder containing `items.csv`. Columns (header required):
-  image      required: image path, relative to the CSV's folder or absolute
+  image      required: image path, relative to the CSV's folder (absolute paths and '..' leading out of that
+             folder are refused by the builder unless --allow-outside-input)
   caption    optional text of the item (`text` is accepted as well)
   id         optional stable item id (default: derived from the image path)
   group_id   optional product id, so that views of one product share a split (default: the id)

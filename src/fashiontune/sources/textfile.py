@@ -144,7 +144,6 @@ class CsvTable:
         if isinstance(first, BadRow):
             raise SourceError(f"{what}: {self.path} line {first.line} (the header): {first.detail}")
         self.header = [h.strip() for h in first.cells]
-        self.rows_seen = 0
 
     def rows(self, multiline: Iterable[str] = ()) -> Iterator[Union[Row, BadRow]]:
         """Data rows after the header (blank lines dropped). Only the columns named in `multiline` may hold a
@@ -155,7 +154,6 @@ class CsvTable:
         for rec in self._records(cols):
             if isinstance(rec, Row) and not "".join(rec.cells).strip():
                 continue
-            self.rows_seen += 1
             yield rec
 
     def _records(self, multiline: set[int]) -> Iterator[Union[Row, BadRow]]:
@@ -169,6 +167,8 @@ class CsvTable:
             except StopIteration:
                 return
             except csv.Error as e:
+                if not feed.taken:  # nothing was read: nothing to report
+                    return
                 yield self._unclosed(feed, str(e))
                 reader = csv.reader(feed, strict=bool(multiline))
                 continue
