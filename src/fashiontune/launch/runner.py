@@ -1,10 +1,11 @@
 """What runs on the nodes: `JobRunner(job, config)()`, a submitit checkpointable callable.
 
-Preemption (dinov2's submit.py pattern): submitit calls `checkpoint()` on global rank 0 when the job gets
-USR2 (preemption, or `signal_delay_s` before the time limit). The jobs save their own checkpoints on a step
-interval from every rank (a DeepSpeed save is collective, so it cannot happen inside a signal handler on one
-rank); `checkpoint()` therefore only resubmits the same callable with the same run directory, and the
-requeued job resumes from the newest complete checkpoint there. Requeues are counted in
+Preemption (dinov2's submit.py pattern): `launch.task` calls `checkpoint()` on global rank 0 when the job gets
+USR2 (preemption, or `signal_delay_s` before the time limit), from its own thread, at any moment before the job
+function returns. The jobs save their own checkpoints on a step interval from every rank (a DeepSpeed save is
+collective, so it cannot happen inside a signal handler on one rank); `checkpoint()` therefore only
+resubmits the same callable with the same run directory, and the requeued job resumes from the newest
+complete checkpoint there. Requeues are counted in
 <run_dir>/launch/requeues.jsonl and bounded by the cluster config's `max_requeues`.
 """
 
@@ -72,7 +73,7 @@ class JobRunner:
         return spec.function()(self.config)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        """Called by submitit on rank 0 on USR2: record the requeue and resubmit the same job."""
+        """Called on rank 0 on USR2 (launch.task): record the requeue and resubmit the same job."""
         import submitit
 
         job_id = current_job_id()

@@ -50,10 +50,12 @@ def wait_final_state(job_id: str, timeout_s: float) -> str:
     return state["JobState"]
 
 
-def usr2(job_id: str, batch: bool = False) -> None:
+def usr2(job_id: str, batch: bool = False, check: bool = True) -> subprocess.CompletedProcess:
     """What SLURM sends on preemption / before the time limit: to the job's steps, or (`batch`, what
-    `--signal=B:USR2` sends) to the batch shell only."""
-    subprocess.run(["scancel", *(["--batch"] if batch else []), "--signal=USR2", str(job_id)], check=True)
+    `--signal=B:USR2` sends) to the batch shell only. `check=False` where the job may have no step yet or
+    may have ended (scancel then fails, and says so)."""
+    return subprocess.run(["scancel", *(["--batch"] if batch else []), "--signal=USR2", str(job_id)],
+                          check=check, capture_output=True, text=True)
 
 
 class TraceFifo:
@@ -87,8 +89,13 @@ class TraceFifo:
             self.lines += [x.decode() for x in done if x]
         return self.lines
 
-    def wait_for(self, line: str, timeout_s: float) -> None:
-        wait_until(f"{line!r} in the fault trace", lambda: line in self.read(), timeout_s)
+    def wait_for(self, line: str, timeout_s: float, since: int = 0) -> None:
+        """Until `line` was written (at index `since` or later)."""
+        wait_until(f"{line!r} in the fault trace", lambda: line in self.read()[since:], timeout_s)
+
+    def wait_count(self, n: int, timeout_s: float) -> None:
+        """Until `n` lines were written."""
+        wait_until(f"{n} lines in the fault trace", lambda: len(self.read()) >= n, timeout_s)
 
     def hold(self) -> None:
         self.read()  # keep what the job wrote so far
