@@ -193,3 +193,32 @@ def test_metric_names_check_fields_against_the_manifest():
     # without a manifest: known for single-field tasks, unknown (None: checked when the run starts) for the others
     assert "accuracy" in validation_metrics(TaskConfig(name=TaskName.classify, field="x"))
     assert validation_metrics(TaskConfig(name=TaskName.attributes)) is None
+
+
+def test_task_checked_against_manifest_and_model_before_any_work(tmp_path):
+    import json
+
+    from test_tasks_synthetic import manifest
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    m = {"format": "fashiontune-shards", "builder_version": 1, **manifest()}
+    m["splits"] = {"train": {"count": 400, "shards": []}}
+    (shards / "manifest.json").write_text(json.dumps(m))
+    from fashiontune.tasks import TaskError
+    from fashiontune.train.config import load_train_config
+
+    def train(*o):
+        return load_train_config(None, [f"data.shards={shards}", *o])
+
+    with pytest.raises(TaskError, match="task.field='colours' is multi-label.*task.name=multilabel"):
+        train("task.name=classify", "task.field=colours")
+    with pytest.raises(TaskError, match="task.field='sleeve'.*colour"):
+        train("task.name=classify", "task.field=sleeve")
+    with pytest.raises(ConfigError, match="data.train_split='trian'.*train"):
+        train("task.name=classify", "task.field=colour", "data.train_split=trian")
+    with pytest.raises(ConfigError, match="checkpoint.best_metric='colour/acuracy'.*Did you mean 'colour/accuracy'"):
+        train("task.name=attributes", "checkpoint.best_metric=colour/acuracy")
+    with pytest.raises(ConfigError, match="model.backbone=timm"):
+        train("task.name=labeltext", "task.field=colour", "model.backbone=timm")
+    assert train("task.name=attributes", "checkpoint.best_metric=mean/mAP").checkpoint.best_metric == "mean/mAP"

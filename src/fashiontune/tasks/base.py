@@ -54,6 +54,24 @@ def field_spec(manifest: Mapping[str, Any], name: str, key: str = "task.field") 
     return FieldSpec(name, vocab, bool(info.get("multi", False)), {str(k): int(v) for k, v in counts.items()}, n_train)
 
 
+# the one-field tasks and the label kind they need (multi-label or not), with the fix when it does not fit
+_FIELD_KIND = {
+    "classify": (False, "is multi-label in the manifest: use task.name=multilabel for it."),
+    "labeltext": (False, "is multi-label: labeltext scores one label per image; use task.name=attributes with "
+                         "task.head=prompts, or task.name=multilabel."),
+    "multilabel": (True, "is single-label in the manifest: use task.name=classify for it."),
+}
+
+
+def single_field_spec(manifest: Mapping[str, Any], task: str, name: str) -> FieldSpec:
+    """The label field of a one-field task (classify / labeltext / multilabel), of the kind the task needs."""
+    spec = field_spec(manifest, name)
+    multi, fix = _FIELD_KIND[task]
+    if spec.multi != multi:
+        raise TaskError(f"task.field='{name}' {fix}")
+    return spec
+
+
 def expand_templates(cfg: PromptConfig) -> list[Callable[[str], str]]:
     """Prompt templates as callables: ours ("{label}" or "{}") plus an open_clip template set if named."""
     out: list[Callable[[str], str]] = [

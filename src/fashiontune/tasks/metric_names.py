@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from .base import field_spec
+from .base import TaskError, field_spec, single_field_spec
 from .config import TaskConfig, TaskName
 from .metrics import MULTI_LABEL, RETRIEVAL_KS, SINGLE_LABEL
 
@@ -32,7 +32,7 @@ def _task_fields(cfg: TaskConfig) -> Optional[list[str]]:
 def validation_metrics(cfg: TaskConfig, manifest: Optional[Mapping] = None) -> Optional[list[str]]:
     """Sorted metric names the task's validation reports, or None when they depend on a manifest not given.
 
-    With a manifest, unknown label fields raise TaskError naming the key (task.field / task.fields)."""
+    With a manifest, a label field that is unknown or of the wrong kind raises TaskError naming the key."""
     name = TaskName(cfg.name)
     if name == TaskName.contrastive:
         return sorted([f"{d}_R@{k}" for d in ("i2t", "t2i", "mean") for k in RETRIEVAL_KS] + ["loss", "count"])
@@ -46,11 +46,14 @@ def validation_metrics(cfg: TaskConfig, manifest: Optional[Mapping] = None) -> O
             multi = [False]
         else:
             return None  # zeroshot on one field: single or multi-label, the manifest says which
+    elif name in (TaskName.classify, TaskName.labeltext, TaskName.multilabel):
+        multi = [single_field_spec(manifest, name.value, cfg.field).multi]
     else:
         key = "task.fields" if cfg.fields or name == TaskName.attributes else "task.field"
-        names = fields if fields is not None else sorted(manifest.get("labels", {}))
-        multi = [field_spec(manifest, f, key=key).multi for f in names]
-        fields = names
+        fields = fields if fields is not None else sorted(manifest.get("labels", {}))
+        if not fields:
+            raise TaskError(f"task.name={name.value}: the manifest has no label fields; list them in task.fields.")
+        multi = [field_spec(manifest, f, key=key).multi for f in fields]
     per_field = [set(MULTI_LABEL + _MULTI_EXTRA) if m else set(SINGLE_LABEL + _SINGLE_EXTRA) for m in multi]
     if len(fields) == 1:
         return sorted(per_field[0] | {"loss"})

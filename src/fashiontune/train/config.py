@@ -14,8 +14,8 @@ from typing import List, Optional, Sequence
 
 from fashiontune.config import ConfigError, load_config, require
 from fashiontune.data import DataConfig
-from fashiontune.models import ModelConfig
-from fashiontune.tasks.config import TaskConfig, TaskName
+from fashiontune.models import Backbone, ModelConfig
+from fashiontune.tasks.config import HeadKind, TaskConfig, TaskName
 from fashiontune.tasks.metric_names import validation_metrics
 
 
@@ -140,7 +140,7 @@ class TrainConfig:
         self.data.validate(source)
         self.model.validate(source)
         self.task.validate(source)
-        self._check_best_metric(source)
+        self._check_task(source)
         return self
 
     def _check_ranges(self, source: str) -> None:
@@ -156,12 +156,14 @@ class TrainConfig:
             require(getattr(self.log, key) >= 0, source, f"log.{key}", getattr(self.log, key),
                     "set an integer >= 0 (0 = every epoch / the whole split)")
 
-    def _check_best_metric(self, source: str) -> None:
-        """checkpoint.best_metric must be a name the task's validation reports (else the run would fail only
-        after its first validation, or never pick a best model)."""
-        metric = self.checkpoint.best_metric
-        if not metric:
-            return
+    def _check_task(self, source: str) -> None:
+        """The task against the model and the shards: text tower, label fields, checkpoint.best_metric. (Else
+        these surface after the model is built, or - for best_metric - after the first validation.)"""
+        needs_text = self.task.name in (TaskName.labeltext, TaskName.contrastive, TaskName.zeroshot) or (
+            self.task.name == TaskName.attributes and self.task.head == HeadKind.prompts)
+        if needs_text and self.model.backbone == Backbone.timm:
+            raise ConfigError(f"{source}: task.name={TaskName(self.task.name).value} needs a text tower but "
+                              "model.backbone=timm has none; use model.backbone=open_clip or task.name=classify.")
         manifest = None
         if (Path(self.data.shards) / "manifest.json").is_file():
             from fashiontune.data import ManifestError, read_manifest
@@ -170,8 +172,12 @@ class TrainConfig:
                 manifest = read_manifest(self.data.shards)
             except ManifestError:
                 manifest = None  # reported with its fix when the run reads the shards
-        names = validation_metrics(self.task, manifest)
-        if names is not None and metric not in names:
+        if manifest is not None and self.data.train_split not in manifest.get("splits", {}):
+            raise ConfigError(f"{source}: data.train_split={self.data.train_split!r} is not a split of "
+                              f"{self.data.shards}/manifest.json; it has {sorted(manifest.get('splits', {}))}.")
+        names = validation_metrics(self.task, manifest)  # checks the label fields against the manifest
+        metric = self.checkpoint.best_metric
+        if metric and names is not None and metric not in names:
             near = difflib.get_close_matches(metric, names, n=1)
             hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ConfigError(
