@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -182,7 +183,7 @@ def test_fifo_socket_and_device_named_jpg_are_refused_without_blocking(tmp_path)
     sock.bind(str(inp / "shirts/sock.jpg"))
     expected = {"shirts__fifo_jpg", "shirts__sock_jpg"}
     try:
-        os.mknod(inp / "shirts/dev.jpg", 0o600 | __import__("stat").S_IFCHR, os.makedev(1, 5))  # /dev/zero
+        os.mknod(inp / "shirts/dev.jpg", 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero
         expected.add("shirts__dev_jpg")
     except (PermissionError, OSError):
         pass  # no CAP_MKNOD here: FIFO and socket still prove the check

@@ -80,32 +80,42 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (
 
 
 def open_regular(path: str, follow_symlinks: bool = True):
-    """Open `path` for reading only if it is a regular file, without ever blocking: O_NONBLOCK makes opening
-    a FIFO return at once, and fstat on the open file (not a stat before it) decides, so nothing can be
-    swapped in between. O_NOFOLLOW refuses a symlink when links are not followed. Raises ImageError."""
+    """Open `path` for reading only if it is a regular file, never blocking: a stat first, so a device is
+    never even opened (opening some has effects); then O_NONBLOCK (opening a FIFO returns at once) and fstat
+    on the open file, so nothing swapped in between is read. O_NOFOLLOW refuses a symlink when links are not
+    followed. Raises ImageError."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
+        _require_regular(path, os.stat(path, follow_symlinks=follow_symlinks).st_mode)
         fd = os.open(path, flags)
     except FileNotFoundError:
         raise ImageError("missing_image", f"no such file: {path}") from None
     except OSError as e:
         if e.errno == errno.ELOOP and not follow_symlinks:
-            raise ImageError("symlink", f"{path} is a symbolic link, not followed; pass --follow-symlinks "
-                                        "to read through symbolic links") from None
+            _require_regular(path, stat.S_IFLNK)
         if e.errno == errno.ENXIO:  # a socket (or a device without its driver)
-            raise ImageError("special_file", f"{path} is not a regular file ({e.strerror}); only image files "
-                                             "are read: remove it") from None
+            _require_regular(path, stat.S_IFSOCK)
         raise ImageError("unreadable_image", f"{type(e).__name__}: {e}") from None  # no permission...
-    mode = os.fstat(fd).st_mode
+    try:
+        _require_regular(path, os.fstat(fd).st_mode)
+    except ImageError:
+        os.close(fd)
+        raise
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _require_regular(path: str, mode: int) -> None:
     if stat.S_ISREG(mode):
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    os.close(fd)
+        return
     if stat.S_ISDIR(mode):
         raise ImageError("unreadable_image", f"IsADirectoryError: {path} is a directory")
+    if stat.S_ISLNK(mode):
+        raise ImageError("symlink", f"{path} is a symbolic link, not followed; pass --follow-symlinks to read "
+                                    "through symbolic links")
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
     raise ImageError("special_file", f"{path} is {kind}, not a regular file (reading it could block the build "
-                                     "forever); only image files are read: remove it or replace it by the image")
+                                     "forever); only image files are read: remove it or put the image there")
 
 
 def load_upright_rgb(path: str, image_size: int, follow_symlinks: bool = True) -> tuple[Image.Image, tuple[int, int]]:
