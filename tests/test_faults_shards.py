@@ -309,15 +309,15 @@ def _full_disk(monkeypatch, budget: int, only: str = ""):
 
 
 @pytest.mark.parametrize("where,budget,only", [
-    ("shard", 3000, ".tar"), ("plan.json", 100, "plan.json"), ("manifest.json", 100, "manifest.json"),
-    ("errors.jsonl", 10, "errors.jsonl"), ("anywhere", 12000, ""),
+    (r"train/shard-\d+\.tar", 3000, ".tar"), ("_state/plan.json", 100, "plan.json"),
+    ("/manifest.json", 100, "manifest.json"), ("/errors.jsonl", 10, "errors.jsonl"), ("", 12000, ""),
 ])
 def test_disk_full_is_one_clear_line_and_a_rerun_finishes_identically(corpus, tmp_path, monkeypatch, where, budget,
                                                                      only):
     root, recs, ref = corpus
     out = tmp_path / "o"
     _full_disk(monkeypatch, budget, only)
-    with pytest.raises(OutputError, match=r"cannot write \S+: No space left on device \(ENOSPC\); free space"):
+    with pytest.raises(OutputError, match=rf"cannot write \S+{where}: No space left on device \(ENOSPC\); free space"):
         build_shards(cfg_for(root, out), ListSource(recs))
     assert not list(out.rglob("*.partial")), "nothing half-written is left behind"
     assert not (out / "manifest.json").exists()
