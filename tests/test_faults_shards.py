@@ -311,7 +311,7 @@ def _full_disk(monkeypatch, budget: int, only: str = ""):
 @pytest.mark.parametrize("where,budget,only", [
     (r"train/shard-\d+\.tar", 3000, ".tar"), ("_state/plan.json", 100, "plan.json"),
     ("/manifest.json", 100, "manifest.json"), ("/errors.jsonl", 10, "errors.jsonl"), ("", 12000, ""),
-])
+], ids=["shard", "plan.json", "manifest.json", "errors.jsonl", "any-file"])
 def test_disk_full_is_one_clear_line_and_a_rerun_finishes_identically(corpus, tmp_path, monkeypatch, where, budget,
                                                                      only):
     root, recs, ref = corpus
