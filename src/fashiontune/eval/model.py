@@ -11,6 +11,18 @@ from pathlib import Path
 from fashiontune.models import OPEN_CLIP_WEIGHTS, TIMM_WEIGHTS, LoadedModel, ModelConfig, ModelLoadError, load_clip
 
 
+def _read_json(path: Path, ckpt: str) -> dict:
+    """A JSON object written by training's export, or ModelLoadError naming the file and the fix."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"model.checkpoint={ckpt}: {path} is not valid JSON ({e}); re-export the model "
+                             "(the run's export step) or copy the export directory again.") from e
+    if not isinstance(info, dict):
+        raise ModelLoadError(f"model.checkpoint={ckpt}: {path} is not a JSON object; re-export the model.")
+    return info
+
+
 def resolve_model_config(cfg) -> tuple[ModelConfig, Path | None]:
     """ModelConfig to build + the export directory (for heads), from an EvalModelConfig."""
     base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig)}
@@ -25,7 +37,7 @@ def resolve_model_config(cfg) -> tuple[ModelConfig, Path | None]:
                 f"model.checkpoint={ckpt}: a directory without export.json; pass a training export directory "
                 f"(runs/<name>/export) or the weights file itself (e.g. {p / OPEN_CLIP_WEIGHTS})."
             )
-        info = json.loads(info_path.read_text())
+        info = _read_json(info_path, ckpt)
         backbone = info.get("backbone", "open_clip")
         base["backbone"] = backbone
         if backbone == "timm":
@@ -38,7 +50,7 @@ def resolve_model_config(cfg) -> tuple[ModelConfig, Path | None]:
             base["pretrained"] = str(p / OPEN_CLIP_WEIGHTS)
             oc = p / "open_clip_config.json"  # sizes the model was trained at (e.g. a model.image_size override)
             if oc.is_file():
-                mcfg = json.loads(oc.read_text()).get("model_cfg", {})
+                mcfg = _read_json(oc, ckpt).get("model_cfg", {})
                 size = mcfg.get("vision_cfg", {}).get("image_size")
                 ctx = mcfg.get("text_cfg", {}).get("context_length")
                 base["image_size"] = base["image_size"] or (size if isinstance(size, int) else None)
