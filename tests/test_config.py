@@ -1,9 +1,12 @@
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from fashiontune.config import ConfigError, config_hash, load_config, save_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Mode(enum.Enum):
@@ -222,3 +225,25 @@ def test_task_checked_against_manifest_and_model_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="model.backbone=timm"):
         train("task.name=labeltext", "task.field=colour", "model.backbone=timm")
     assert train("task.name=attributes", "checkpoint.best_metric=mean/mAP").checkpoint.best_metric == "mean/mAP"
+
+
+_CORPUS = {"kagl": "kagl", "deepfashion-mm": "deepfashion-mm", "imaterialist": "imaterialist", "fewshot": "folder",
+           "folder": "folder"}
+
+
+def test_shipped_experiment_configs_fit_their_corpus(tmp_path_factory):
+    """Every configs/*.yaml, validated against (tiny synthetic) shards of its corpus: its task fields exist
+    with the right kind and its checkpoint.best_metric is a metric that task reports."""
+    from fashiontune.train.config import load_train_config
+    from fashiontune.train.testing import build_tiny_shards
+
+    root = tmp_path_factory.mktemp("corpora")
+    built: dict[str, Path] = {}
+    files = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(files) >= 8
+    for f in files:
+        cfg = load_train_config(f)
+        corpus = _CORPUS[Path(cfg.data.shards).name.removeprefix("tiny-")]
+        if corpus not in built:
+            built[corpus] = build_tiny_shards(corpus, root / corpus, n=40, image_size=16)
+        load_train_config(f, [f"data.shards={built[corpus]}"])  # raises when the config does not fit
