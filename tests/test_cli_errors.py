@@ -132,6 +132,7 @@ def test_missing_manifest_in_eval(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(eval_args(tmp_path / "empty", tmp_path)) == 2
     one_line_error(capsys.readouterr().err, "eval", str(tmp_path / "empty" / "manifest.json"), "shards build")
+    assert not (tmp_path / "eval").exists()  # inputs are checked before the output directory is made
 
 
 # --------------------------------------------------------------------------- models
@@ -139,6 +140,7 @@ def test_missing_and_garbled_exports(shards, tmp_path, capsys):
     args = eval_args(shards, tmp_path, "data.split=val")
     assert main([*args, f"model.checkpoint={tmp_path / 'nope'}"]) == 2
     one_line_error(capsys.readouterr().err, "eval", f"model.checkpoint={tmp_path / 'nope'}", "no such file")
+    assert not (tmp_path / "eval").exists()
 
     garbled = tmp_path / "export"
     garbled.mkdir()

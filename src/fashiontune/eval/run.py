@@ -99,13 +99,16 @@ def run_eval(cfg: EvalConfig) -> dict:
     state = _dist_state()
     out = out_dir(cfg)
     cache_dir = out / "embeddings"
-    if state.is_main_process:
-        save_config(cfg, out)
+    # inputs first (manifest, split, label fields, model files): a mistake there leaves no output directory
     manifest = load_manifest(Path(cfg.data.shards))
+    E.split_shards(manifest, Path(cfg.data.shards), cfg.data.split)
     fields = _fields(cfg, manifest)
     from fashiontune.eval.model import fingerprint
 
-    fp = {"features": "raw-image/normalised-text", "model": fingerprint(cfg.model), "shards": str(Path(cfg.data.shards).resolve()),
+    model_fp = fingerprint(cfg.model)
+    if state.is_main_process:
+        save_config(cfg, out)
+    fp = {"features": "raw-image/normalised-text", "model": model_fp, "shards": str(Path(cfg.data.shards).resolve()),
           "split": cfg.data.split, "split_shards": manifest["splits"].get(cfg.data.split, {}).get("shards"),
           "precision": cfg.precision.value, "templates": list(cfg.category.templates), "fields": sorted(fields)}
     cached, why = E.cache_matches(cache_dir, fp) if cfg.cache else (False, "cache=false")
