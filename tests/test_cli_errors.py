@@ -218,3 +218,17 @@ def test_console_process_exits_2_with_one_line(shards, tmp_path):
                        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert p.returncode == 2, p.stderr
     one_line_error(p.stderr, "eval", str(bad / BAD_SHARD), f"'{BAD_KEY}'", "shards verify")
+
+
+def test_a_full_disk_is_one_line(shards, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import fashiontune.eval.run as eval_run
+
+    def full(cfg, out_dir, name="config.yaml"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(out_dir) / name))
+
+    monkeypatch.setattr(eval_run, "save_config", full)
+    assert main(eval_args(shards, tmp_path, "data.split=val")) == 2
+    one_line_error(capsys.readouterr().err, "eval", str(tmp_path / "eval" / "config.yaml"), "No space left",
+                   "write elsewhere")

@@ -1,14 +1,16 @@
 """`fashiontune <command> ...`: one console script; each command lives in its own module, imported lazily
 so that `fashiontune synth` or `shards` does not pay for importing torch.
 
-Errors: anything a user must fix (a `fashiontune.errors.UserError`: config key, file, shard, model path)
-prints as ONE line `fashiontune <command>: <message>` and exits 2; `--debug` (or FASHIONTUNE_DEBUG=1) adds
-the traceback. Any other exception is a bug and keeps its traceback.
+Errors: anything a user must fix (a `fashiontune.errors.UserError`: config key, file, shard, model path;
+or the machine's state: a full disk, a read-only or forbidden path) prints as ONE line
+`fashiontune <command>: <message>` and exits 2; `--debug` (or FASHIONTUNE_DEBUG=1) adds the traceback.
+Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -25,6 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("fashiontune.launch.cli", "run a job on SLURM (or submitit's local executor)"),
     "demo": ("fashiontune.demo", "synthetic corpus -> shards -> train -> eval -> report, on CPU"),
 }
+# the machine's state, not the program's: a full disk, a quota, a read-only or forbidden path
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "free space there or write elsewhere",
+                       errno.EDQUOT: "free quota there or write elsewhere",
+                       errno.EROFS: "write elsewhere (the file system is read-only)",
+                       errno.EACCES: "fix the permissions or write elsewhere"}
 DEBUG_HELP = "on an error, also print the Python traceback (same as FASHIONTUNE_DEBUG=1)"
 
 
@@ -50,9 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except UserError as e:
-        if debug_enabled(debug):
-            traceback.print_exc()
-            if getattr(e, "worker_traceback", ""):  # raised in a DataLoader worker: its own traceback
-                print(e.worker_traceback, file=sys.stderr)
-        print(f"fashiontune {args.command}: {one_line(e)}", file=sys.stderr, flush=True)
-        return 2
+        return _report(args.command, e, one_line(e), debug)
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            raise  # anything else may be a bug: keep the traceback
+        where = f"{e.filename}: " if e.filename else ""
+        return _report(args.command, e, f"{where}{e.strerror}; {_ENVIRONMENT_ERRNOS[e.errno]}.", debug)
+
+
+def _report(command: str, e: BaseException, message: str, debug: bool) -> int:
+    if debug_enabled(debug):
+        traceback.print_exc()
+        if getattr(e, "worker_traceback", ""):  # raised in a DataLoader worker: its own traceback
+            print(e.worker_traceback, file=sys.stderr)
+    print(f"fashiontune {command}: {message}", file=sys.stderr, flush=True)
+    return 2
