@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from fashiontune.cli import main
-from fashiontune.launch import testing as T
 from fashiontune.launch import submit as S
+from fashiontune.launch import testing as T
 from fashiontune.launch.cluster import load_cluster
 from fashiontune.launch.runner import requeue_count
 from fashiontune.launch.smoke import SmokeConfig, expected_acc
