@@ -55,8 +55,8 @@ def child(method: str, n: int, d: int, queries: int, device: str, threads: int, 
         preds = torch.where(ranking == torch.arange(q, device=logits.device).view(-1, 1))[1]
         r1 = (preds < 1).double().mean().item()
     else:
-        from fashiontune.eval.retrieval import PairRelevance, rank_metrics
-        from fashiontune.eval.topk import chunked_rank
+        from fashiontune.metrics.retrieval import PairRelevance, rank_metrics
+        from fashiontune.metrics.topk import chunked_rank
 
         ids = [str(i) for i in range(n)]
         rel = PairRelevance(ids, ids)  # single positive: the paired image

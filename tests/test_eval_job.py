@@ -23,7 +23,7 @@ import torch
 from fashiontune.config import load_config
 from fashiontune.eval import embed as E
 from fashiontune.eval.config import EvalConfig
-from fashiontune.eval.retrieval import rank_metrics, retrieval_ranks
+from fashiontune.metrics.retrieval import rank_metrics, retrieval_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 COLORS = ["red", "blue", "green"]
@@ -214,7 +214,7 @@ def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path, task
     outputs on the decoded test images (multi-label at the threshold exported with the head)."""
     from PIL import Image
 
-    from fashiontune.eval.classification import multi_label_report, single_label_report
+    from fashiontune.metrics.classification import multi_label_report, single_label_report
     from fashiontune.eval.run import run_eval
     from fashiontune.models import ModelConfig, load_clip
     from fashiontune.tasks import build_task
@@ -239,10 +239,10 @@ def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path, task
                      (vocab.index(value) if value is not None else -1))
     if field == "tags":
         probs = 1 / (1 + np.exp(-np.array(scores)))
-        ref = multi_label_report(probs, np.array(truth), vocab, threshold=task.thresholds[field])
+        ref = multi_label_report(np.array(truth), probs, vocab, threshold=task.thresholds[field])
         keys = ("micro_f1", "macro_f1", "mAP", "exact_match")
     else:
-        ref = single_label_report(np.array(scores), np.array(truth), vocab)
+        ref = single_label_report(np.array(truth), np.array(scores), vocab)
         keys = ("accuracy", "macro_f1", "weighted_f1")
         assert (tmp_path / f"ev/plots/confusion_{field}_{task_name}.png").is_file()
     assert rep["items"] == ref["items"] == (13 if field == "tags" else 11)

@@ -290,7 +290,8 @@ def test_metrics():
     logits = np.array([[3, 2, 1, 0, 0, 0], [0, 3, 1, 0, 0, 0], [0, 0, 1, 3, 0, 0], [1, 0, 3, 0, 0, 0]], float)
     m = M.single_label(y, logits)
     assert m["accuracy"] == 0.75 and m["top5"] == 1.0
-    assert m["macro_f1"] == pytest.approx((1 + 1 + 2 / 3) / 3)
+    # scikit-learn's macro average (labels=None): class 3, predicted but never true, counts with F1 0
+    assert m["macro_f1"] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)
     yt = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
     probs = np.array([[0.3, 0.1], [0.35, 0.32], [0.1, 0.31], [0.05, 0.2]])
     assert M.multi_label(yt, probs, 0.5)["micro_f1"] == 0.0

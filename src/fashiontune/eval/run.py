@@ -16,12 +16,12 @@ import torch
 
 from fashiontune.config import config_hash, save_config, to_dict
 from fashiontune.eval import embed as E
-from fashiontune.eval.classification import multi_label_report, single_label_report, tune_threshold
 from fashiontune.eval.config import EvalConfig
 from fashiontune.eval.heads import head_logits, load_export_heads
 from fashiontune.eval.plots import confusion_png, topk_grid_png
 from fashiontune.eval.report import format_table
-from fashiontune.eval.retrieval import category_metrics, rank_metrics, retrieval_ranks
+from fashiontune.metrics.classification import multi_label_report, single_label_report, tune_threshold
+from fashiontune.metrics.retrieval import category_metrics, rank_metrics, retrieval_ranks
 from fashiontune.shards.manifest import load_manifest
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
             y = _targets(corpus, f, spec)
             logits = head_logits(heads, hspec, corpus.image)
             if spec["multi"]:
-                logits = 1.0 / (1.0 + np.exp(-logits))  # probabilities, as the trained threshold expects
+                logits = torch.sigmoid(torch.from_numpy(logits)).numpy()  # probabilities, as training computes them
             thr = hspec.get("threshold")
             res["classification"][f"{f}/{meta.get('task', 'head')}"] = _classify(
                 cfg, f, y, logits, spec["vocab"], spec, plots, res, meta.get("task", "head"), threshold=thr)
@@ -203,11 +203,11 @@ def _classify(cfg, field, y, scores, vocab, spec, plots: Path, res, method: str,
         if thr < 0 and threshold is not None:
             thr, source = threshold, "exported with the heads (tuned on validation in training)"
         elif thr < 0:
-            thr, source = tune_threshold(scores[labelled], y[labelled]), "tuned on this split (optimistic)"
-        rep = multi_label_report(scores, y, vocab, threshold=thr, labelled=labelled)
+            thr, source = tune_threshold(y[labelled], scores[labelled]), "tuned on this split (optimistic)"
+        rep = multi_label_report(y, scores, vocab, threshold=thr, labelled=labelled)
         rep["threshold_source"] = source
         return rep
-    rep = single_label_report(scores, y, vocab)
+    rep = single_label_report(y, scores, vocab)
     if rep.get("items") and len(vocab) <= cfg.classification.max_confusion_classes:
         res["plots"].append(str(confusion_png(rep["confusion_matrix"], vocab, plots / f"confusion_{field}_{method}.png",
                                               title=f"{field} ({method}), acc {rep['accuracy']:.3f}")))

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from dataclasses import field as _field
 from typing import List
 
+from fashiontune.metrics.classification import TUNE_METRICS  # what tune_threshold can maximise
+
 
 class TaskName(str, enum.Enum):
     classify = "classify"  # softmax head on the image tower
@@ -121,4 +123,3 @@ class TaskConfig:
 
 
 TEMPLATE_SETS = ("", "openai", "simple")  # open_clip's template lists (tasks/base.py expand_templates)
-TUNE_METRICS = ("macro_f1", "micro_f1")  # what tasks/metrics.py tune_threshold maximises

@@ -1,78 +1,61 @@
-"""Classification metrics on gathered predictions (numpy / sklearn; no collectives here)."""
+"""What a task's validation logs, as flat {name: float} dicts, taken from the reports of the one metrics
+library (fashiontune.metrics), so that every name means what the eval job's results.json means by it.
+
+Training name -> eval results.json key: accuracy, macro_f1, micro_f1, mAP -> the same key of the field's
+classification report; top5 -> top{min(5, C)}_accuracy; {d}_R@K -> retrieval.{d}.R@K (d = i2t / t2i);
+mean_R@K = the mean of the two directions.
+"""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, f1_score
+
+from fashiontune.metrics.classification import multi_label_report, single_label_report, tune_threshold
+from fashiontune.metrics.retrieval import rank_metrics, retrieval_ranks
 
 # the metric names each function reports (tasks/metric_names.py declares a task's names from them)
 SINGLE_LABEL = ("accuracy", "top5", "macro_f1")
 MULTI_LABEL = ("micro_f1", "macro_f1", "mAP")
 RETRIEVAL_KS = (1, 5, 10)
 
+__all__ = ["MULTI_LABEL", "RETRIEVAL_KS", "SINGLE_LABEL", "multi_label", "retrieval", "single_label",
+           "tune_threshold"]
+
 
 def single_label(y_true: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """Accuracy, top-5 (top-k with k = min(5, classes)) and macro F1 over the classes present in y_true."""
-    if len(y_true) == 0:
-        return {"accuracy": float("nan"), "top5": float("nan"), "macro_f1": float("nan")}
-    y_pred = logits.argmax(1)
-    k = min(5, logits.shape[1])
-    topk = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return {
-        "accuracy": float((y_pred == y_true).mean()),
-        "top5": float((topk == y_true[:, None]).any(1).mean()),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0)),
-    }
+    """Accuracy, top-5 and macro F1 of N x C scores (single_label_report's rules; NaN when empty)."""
+    names = [str(c) for c in range(logits.shape[1])]
+    rep = single_label_report(y_true, logits, names, top_k=5)
+    if not rep["items"]:
+        return {k: float("nan") for k in SINGLE_LABEL}
+    top = f"top{min(5, logits.shape[1])}_accuracy"
+    return {"accuracy": rep["accuracy"], "top5": rep[top], "macro_f1": rep["macro_f1"]}
 
 
 def multi_label(y_true: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
-    """Micro / macro F1 at `threshold` and mAP; macro averages skip classes with no positive in y_true."""
-    if len(y_true) == 0:
-        return {"micro_f1": float("nan"), "macro_f1": float("nan"), "mAP": float("nan")}
-    y_pred = (probs >= threshold).astype(np.int64)
-    has_pos = y_true.sum(0) > 0
-    out = {
-        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(y_true[:, has_pos], y_pred[:, has_pos], average="macro", zero_division=0))
-        if has_pos.any()
-        else float("nan"),
-        "mAP": float(average_precision_score(y_true[:, has_pos], probs[:, has_pos], average="macro"))
-        if has_pos.any()
-        else float("nan"),
-    }
-    return out
+    """Micro / macro F1 at `threshold` and mAP (multi_label_report's rules; NaN when empty)."""
+    rep = multi_label_report(y_true, probs, [str(c) for c in range(probs.shape[1])], threshold=threshold)
+    return {k: (rep[k] if rep["items"] else float("nan")) for k in MULTI_LABEL}
 
 
-def tune_threshold(y_true: np.ndarray, probs: np.ndarray, metric: str = "macro_f1") -> float:
-    """The single decision threshold (grid 0.05..0.95) that maximises `metric` on these predictions."""
-    if metric not in ("macro_f1", "micro_f1"):
-        raise ValueError(f"task.multilabel.tune_metric={metric!r}: use 'macro_f1' or 'micro_f1'.")
-    grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
-    scores = [multi_label(y_true, probs, t)[metric] for t in grid]
-    return float(grid[int(np.nanargmax(scores))]) if not np.all(np.isnan(scores)) else 0.5
-
-
-def retrieval(img: torch.Tensor, txt: torch.Tensor, groups: list[str] | None, ks=RETRIEVAL_KS) -> dict[str, float]:
-    """Recall@K both ways over normalised embeddings; a hit is any item of the same group (else same index)."""
+def retrieval(img: torch.Tensor, txt: torch.Tensor, groups: Sequence[str] | None,
+              captions: Sequence[str] | None = None, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
+    """Hit-rate R@K both ways over normalised embeddings (metrics.retrieval's relevance and tie rule): a hit
+    is any item of the same group or with the same non-empty caption. groups None: each item its own group;
+    captions None: no caption matches."""
     n = img.shape[0]
     if n == 0:
         return {}
-    if groups is None:
-        gid = torch.arange(n)
-    else:
-        _, gid = np.unique(np.asarray(groups), return_inverse=True)
-        gid = torch.as_tensor(gid)
+    groups = [str(i) for i in range(n)] if groups is None else list(groups)
+    captions = [""] * n if captions is None else list(captions)
+    ranks = retrieval_ranks(img, txt, groups, captions, k=max(ks))
     out: dict[str, float] = {}
-    for name, q, d in (("i2t", img, txt), ("t2i", txt, img)):
-        best_rank = torch.empty(n, dtype=torch.long)
-        for s in range(0, n, 1024):  # chunked: never an n×n matrix at once
-            sims = q[s : s + 1024] @ d.T
-            rel = gid[s : s + 1024, None] == gid[None, :]
-            top_rel = sims.masked_fill(~rel, float("-inf")).max(1, keepdim=True).values
-            best_rank[s : s + 1024] = (sims > top_rel).sum(1)  # items strictly better than the best relevant one
-        for k in ks:
-            out[f"{name}_R@{k}"] = float((best_rank < k).float().mean())
+    for d in ("i2t", "t2i"):
+        m = rank_metrics(ranks[d].first_rank, ks)
+        out.update({f"{d}_R@{k}": m[f"R@{k}"] for k in ks})
     for k in ks:
         out[f"mean_R@{k}"] = (out[f"i2t_R@{k}"] + out[f"t2i_R@{k}"]) / 2
     return out

@@ -1,4 +1,4 @@
-"""Metrics core of `fashiontune eval`: chunked exact top-K / ranks against a brute-force full sort and against
+"""The metrics library (fashiontune.metrics, shared by training-time validation and `fashiontune eval`): chunked exact top-K / ranks against a brute-force full sort and against
 open_clip's own retrieval metrics; classification metrics against scikit-learn.
 
 Cost: a few seconds on one core (corpora of <= 300 items), plus ~5-15 s to import open_clip_train once.
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from fashiontune.eval.classification import (
+from fashiontune.metrics.classification import (
     average_precision,
     multi_label_report,
     single_label_report,
     tune_threshold,
 )
 from fashiontune.eval.plots import confusion_png
-from fashiontune.eval.retrieval import category_metrics, rank_metrics, retrieval_metrics, retrieval_ranks
-from fashiontune.eval.topk import chunked_rank, deterministic_topk
+from fashiontune.metrics.retrieval import category_metrics, rank_metrics, retrieval_metrics, retrieval_ranks
+from fashiontune.metrics.topk import chunked_rank, deterministic_topk
 
 
 # ---------------------------------------------------------------- brute force reference (full N x N sort)
@@ -194,7 +194,7 @@ def test_single_label_report_matches_sklearn(tmp_path):
     y_missing = y.copy()
     y_missing[:10] = -1
     names = [f"c{i}" for i in range(c)]
-    rep = single_label_report(scores, y_missing, names)
+    rep = single_label_report(y_missing, scores, names)
     yt, sc = y[10:], scores[10:]
     yp = sc.argmax(1)
     assert rep["items"] == n - 10
@@ -219,7 +219,7 @@ def test_multi_label_report_matches_sklearn():
     y = (rng.random((n, c)) < 0.3).astype(int)
     y[:, 5] = 0  # a class with no positives: excluded from mAP, F1 0
     scores = np.round(np.clip(0.35 * y + rng.random((n, c)) * 0.7, 0, 1), 1)  # rounded: many tied scores
-    rep = multi_label_report(scores, y, [f"c{i}" for i in range(c)], threshold=0.5)
+    rep = multi_label_report(y, scores, [f"c{i}" for i in range(c)], threshold=0.5)
     yp = (scores >= 0.5).astype(int)
     assert rep["micro_f1"] == pytest.approx(skm.f1_score(y, yp, average="micro", zero_division=0))
     assert rep["macro_f1"] == pytest.approx(skm.f1_score(y, yp, average="macro", zero_division=0))
@@ -229,7 +229,7 @@ def test_multi_label_report_matches_sklearn():
     for i in range(5):
         assert rep["per_class"][f"c{i}"]["ap"] == pytest.approx(aps[i])
     assert rep["per_class"]["c5"]["ap"] is None
-    assert np.isnan(average_precision(scores[:, 5], y[:, 5]))
+    assert np.isnan(average_precision(y[:, 5], scores[:, 5]))
 
 
 def test_tune_threshold_finds_best_f1():
@@ -238,16 +238,16 @@ def test_tune_threshold_finds_best_f1():
     rng = np.random.default_rng(3)
     y = (rng.random((120, 4)) < 0.4).astype(int)
     s = np.round(0.3 * y + 0.7 * rng.random((120, 4)), 2)
-    t = tune_threshold(s, y)
+    t = tune_threshold(y, s)
     grid = np.unique(s)
     best = max(skm.f1_score(y.ravel(), (s.ravel() >= g).astype(int), zero_division=0) for g in grid)
     assert skm.f1_score(y.ravel(), (s.ravel() >= t).astype(int)) == pytest.approx(best)
-    tc = tune_threshold(s, y, per_class=True)
+    tc = tune_threshold(y, s, per_class=True)
     for i in range(4):
         best_i = max(skm.f1_score(y[:, i], (s[:, i] >= g).astype(int), zero_division=0) for g in grid)
         assert skm.f1_score(y[:, i], (s[:, i] >= tc[i]).astype(int)) == pytest.approx(best_i)
-    assert multi_label_report(s, y, list("abcd"), threshold=tc)["macro_f1"] >= \
-        multi_label_report(s, y, list("abcd"), threshold=0.5)["macro_f1"]
+    assert multi_label_report(y, s, list("abcd"), threshold=tc)["macro_f1"] >= \
+        multi_label_report(y, s, list("abcd"), threshold=0.5)["macro_f1"]
 
 
 @pytest.mark.gpu

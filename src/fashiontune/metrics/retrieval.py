@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fashiontune.eval.topk import RankResult, chunked_rank
+from fashiontune.metrics.topk import RankResult, chunked_rank
 
 DEFAULT_KS = (1, 5, 10, 50)
 
