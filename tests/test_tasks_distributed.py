@@ -22,6 +22,8 @@ import torch.multiprocessing as mp
 
 from fashiontune.models import ModelConfig, load_clip
 from fashiontune.tasks import ContrastiveConfig, FreezeConfig, FreezeMode, TaskConfig, TaskName, build_task
+from fashiontune.train.backend import LocalBackend
+from fashiontune.train.step import forward_backward
 from test_tasks_synthetic import batch, manifest
 
 WORLD = 2
@@ -52,20 +54,20 @@ def _gradual_under_ddp(rank: int) -> list[tuple[bool, bool, bool]]:
     task = build_task(TaskConfig(field="colour", freeze=FreezeConfig(mode=FreezeMode.gradual)), _tiny(), manifest(),
                       rank, WORLD)
     assert task.find_unused_parameters
-    task.module = DDP(task.core, find_unused_parameters=task.find_unused_parameters)
-    blocks = task.core.tower.transformer.resblocks
+    ddp = LocalBackend(DDP(task.module, find_unused_parameters=task.find_unused_parameters))
+    blocks = task.module.tower.transformer.resblocks
     seen = []
     for epoch in (0, 1, 2):
         task.on_epoch_start(epoch)
         task.module.zero_grad(set_to_none=True)
-        task.step([batch(4, seed=50 + rank)], lambda loss: loss.backward())
+        forward_backward(task, ddp, [batch(4, seed=50 + rank)])
         g0, g1 = blocks[0].attn.in_proj_weight.grad, blocks[1].attn.in_proj_weight.grad
         for g in (g0, g1):
             if g is not None:  # synchronised: every rank holds the average
                 both = [torch.zeros_like(g) for _ in range(WORLD)]
                 dist.all_gather(both, g)
                 assert torch.equal(both[0], both[1])
-        seen.append((g0 is not None, g1 is not None, task.core.heads["colour"].weight.grad is not None))
+        seen.append((g0 is not None, g1 is not None, task.module.heads["colour"].weight.grad is not None))
     return seen
 
 
@@ -82,7 +84,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                       ("no_grad_gather", ContrastiveConfig(gather_with_grad=False))):
         loaded = _tiny()
         task = build_task(TaskConfig(name=TaskName.contrastive, contrastive=ccfg), loaded, manifest(), rank, WORLD)
-        out_ = task.step(_micro_batches(rank, loaded.tokenizer), lambda loss: loss.backward())
+        out_ = forward_backward(task, LocalBackend(task.module), _micro_batches(rank, loaded.tokenizer))[0]
         grads = _grads(task)
         for g in grads.values():  # what DDP does: average gradients over ranks
             dist.all_reduce(g)
@@ -117,7 +119,7 @@ def test_distributed_contrastive_gradient_and_gathered_eval(tmp_path):
     task = build_task(TaskConfig(name=TaskName.contrastive), loaded, manifest())
     mbs = [mb for r in range(WORLD) for mb in _micro_batches(r, loaded.tokenizer)]
     big = {"image": torch.cat([m["image"] for m in mbs]), "text": torch.cat([m["text"] for m in mbs])}
-    ref_loss = task.step([big], lambda loss: loss.backward())["loss"]
+    ref_loss = forward_backward(task, LocalBackend(task.module), [big])[0]["loss"]
     ref = _grads(task)
 
     for key in ("with_grad", "global_loss"):  # local_loss=False (full matrix on every rank) is exact too

@@ -23,6 +23,8 @@ import torch
 
 from fashiontune.models import Backbone, ModelConfig, load_clip
 from fashiontune.tasks import FreezeConfig, FreezeMode, PromptConfig, TaskConfig, TaskName, build_task
+from fashiontune.train.backend import LocalBackend
+from fashiontune.train.step import forward_backward
 from test_tasks_synthetic import NAMES, batch, manifest
 
 STEPS = 40
@@ -41,7 +43,7 @@ def fit(task, steps: int, epochs: int = 2, lr: float = 1e-3, tokenizer=None) -> 
         task.on_epoch_start(epoch)
         for i in range(per_epoch):
             seed = 1000 + epoch * per_epoch + i
-            losses.append(task.step([batch(BATCH, seed=seed, tokenizer=tokenizer)], lambda l: l.backward())["loss"])
+            losses.append(forward_backward(task, LocalBackend(task.module), [batch(BATCH, seed=seed, tokenizer=tokenizer)])[0]["loss"])
             opt.step()
             opt.zero_grad(set_to_none=True)
     return losses

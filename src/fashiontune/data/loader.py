@@ -90,6 +90,14 @@ class ShardLoader:
         """{"epoch", "batches"}: batches of this epoch already yielded (== len(self) when the epoch is done)."""
         return {"epoch": self.epoch, "batches": self._consumed, "plan": self._plan_key()}
 
+    def position(self) -> dict:
+        """Where the next batch comes from, for a checkpoint: state_dict() with a used-up epoch turned into the
+        start of the next one ({"epoch": e + 1, "batches": 0}). The one place that normalises it."""
+        state = self.state_dict()
+        if state["batches"] >= self.num_batches:
+            state.update(epoch=self.epoch + 1, batches=0)
+        return state
+
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Resume: the next iteration of epoch state["epoch"] starts after state["batches"] batches."""
         if state.get("plan", self._plan_key()) != self._plan_key():

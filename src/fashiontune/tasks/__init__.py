@@ -2,7 +2,7 @@
 
     task = build_task(task_cfg, loaded, manifest, rank, world_size)
     task.module / .trainable / .fields / .needs_text / .find_unused_parameters / .primary_metric
-    task.step(micro_batches, backward) · task.on_epoch_start(epoch) · task.evaluate(batches, accelerator)
+    task.begin_step(model, micro_batches) · task.loss(model, i, batch) · task.on_epoch_start(epoch) · task.evaluate(batches, accelerator)
     task.export(out_dir) · task.last_eval (y_true / y_pred per field, for confusion matrices)
 """
 

@@ -1,13 +1,18 @@
 """What every task shares: the Task interface, label fields from the manifest, prompts, gathering, export.
 
-The loop's side of the contract (see /tmp/team/PLAN.md "Training interfaces"):
-- `prepared = accelerator.prepare(task.module)`, then `task.module = prepared`: tasks always run the forward
-  through `self.module` (so DDP hooks fire) and keep the unwrapped module in `self.core`.
-- optimise `[p for p in task.module.parameters() if p.requires_grad]`; AdamW skips params whose grad is None.
-- wrap DDP with `find_unused_parameters=task.find_unused_parameters` (True when a freeze schedule cuts the graph).
-- `step()` already scales each micro-batch loss for accumulation: the loop's `backward` must not divide again
-  (do not give accelerate a gradient_accumulation_steps > 1; use `accelerator.no_sync` for all but the
-  last of the `len(micro_batches)` backward calls).
+The trainer's side of the contract (train/step.py drives it, train/backend.py wraps the module):
+- `task.module` is the task's nn.Module, never replaced. The trainer's backend wraps it (DDP, DeepSpeed engine,
+  torch.compile) and hands the wrapped one to `begin_step` / `loss` as `model`: every training forward runs
+  through `model`, so DDP's hooks fire; evaluation and export use `task.module` itself.
+- per optimiser step of k micro-batches: `begin_step(model, micro_batches)` once, then for each i in order
+  `loss(model, i, micro_batches[i]) -> (loss, logs)`; the trainer runs backward on each loss before the next
+  forward. A loss is already scaled so that the k backward passes give the gradient of the one big-batch loss
+  (never divide again); logs are summed over the k micro-batches by the trainer.
+- `begin_step` is where a loss over the whole accumulated batch gets what it needs: label counts (heads.py) or,
+  for exact big-batch contrastive accumulation, a no-grad feature cache of every micro-batch that `loss`
+  scores the micro-batch's features (recomputed with grad) against (contrastive.py; open_clip's pattern).
+- optimise all of `task.module.parameters()`; AdamW skips params whose grad is None; wrap DDP with
+  `find_unused_parameters=task.find_unused_parameters` (True when a freeze schedule cuts the graph).
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-import open_clip
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
 from ..models import Backbone, LoadedModel
+from ..models.prompts import prompt_makers
 from .config import FreezeConfig, FreezeMode, PromptConfig, TaskConfig
 
 
@@ -73,23 +78,14 @@ def single_field_spec(manifest: Mapping[str, Any], task: str, name: str) -> Fiel
 
 
 def expand_templates(cfg: PromptConfig) -> list[Callable[[str], str]]:
-    """Prompt templates as callables: ours ("{label}" or "{}") plus an open_clip template set if named."""
-    out: list[Callable[[str], str]] = [
-        (lambda c, t=t: t.replace("{label}", c).replace("{}", c)) for t in cfg.templates
-    ]
-    if cfg.template_set == "openai":
-        out += list(open_clip.OPENAI_IMAGENET_TEMPLATES)
-    elif cfg.template_set == "simple":
-        out += list(open_clip.SIMPLE_IMAGENET_TEMPLATES)
-    elif cfg.template_set:
-        raise TaskError(f"task.prompts.template_set='{cfg.template_set}': use '', 'openai' or 'simple'.")
+    """task.prompts as callables, in the one template dialect (models/prompts.py), plus a named template set."""
+    try:
+        out = prompt_makers(cfg.templates, cfg.template_set)
+    except ValueError as e:
+        raise TaskError(f"task.prompts.{e}.") from e
     if not out:
         raise TaskError("task.prompts.templates is empty and no template_set is named: give at least one template.")
     return out
-
-
-def label_text(label: str) -> str:
-    return label.replace("_", " ").strip()
 
 
 def require_text_model(loaded: LoadedModel, task: str) -> None:
@@ -154,8 +150,7 @@ class Task:
     """Base: the attributes and methods the loop relies on. Subclasses fill them in."""
 
     name: str = ""
-    module: nn.Module  # what the loop prepares (may be replaced by the prepared wrapper)
-    core: nn.Module  # the same module, unwrapped
+    module: nn.Module  # unwrapped; the trainer wraps it for training forwards (see above)
     trainable: bool = True
     fields: list[str]
     needs_text: bool = False
@@ -172,7 +167,11 @@ class Task:
         self.epoch = 0
         self.last_eval = {}
 
-    def step(self, micro_batches: Sequence[dict], backward: Callable[[Tensor], None]) -> dict[str, float]:
+    def begin_step(self, model: nn.Module, micro_batches: Sequence[dict]) -> None:
+        """Once per optimiser step, before its losses: what the micro-batch losses share (see above)."""
+
+    def loss(self, model: nn.Module, i: int, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        """Micro-batch i's loss (forward through `model`, scaled for accumulation) and its logs."""
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int) -> None:

@@ -14,20 +14,18 @@ rank); evaluation drops them.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 from open_clip import ClipLoss
 from torch import Tensor, nn
 
 from ..models import LoadedModel, StageFreezer, export_model, save_heads
+from ..models.prompts import LOG_SCALE_MAX
 from . import metrics as M
 from .base import Task, device_of, gather_objects, gather_rows, merged_model_state, require_text_model, trainable_stages
 from .config import FreezeMode, TaskConfig
-
-LOG_SCALE_MAX = math.log(100)
 
 
 class ContrastiveModule(nn.Module):
@@ -69,53 +67,55 @@ class ContrastiveTask(Task):
         require_text_model(loaded, "contrastive")
         c = cfg.contrastive
         self.fields = []
-        self.core = ContrastiveModule(loaded.model)
-        self.module = self.core
+        self.module = ContrastiveModule(loaded.model)
         if getattr(loaded.model, "logit_bias", None) is not None:
             loaded.model.logit_bias.requires_grad_(False)  # SigLIP-style bias: ClipLoss has no bias term
         if c.lock_text:
             loaded.model.lock_text_tower()
         if c.lock_image:
             loaded.model.lock_image_tower()
-            self.core.image_locked = True
-        self.loss = ClipLoss(local_loss=c.local_loss, gather_with_grad=c.gather_with_grad, cache_labels=True,
+            self.module.image_locked = True
+        self.loss_fn = ClipLoss(local_loss=c.local_loss, gather_with_grad=c.gather_with_grad, cache_labels=True,
                              rank=rank, world_size=world_size)
         self.eval_loss = ClipLoss()  # per-batch, no collectives: ranks may hold different batch counts
         self.find_unused_parameters = cfg.freeze.mode in (FreezeMode.gradual, FreezeMode.freeze_then_unfreeze)
+        self._cache: list[tuple[Tensor, Tensor]] = []  # begin_step's no-grad features of this step
         self.on_epoch_start(0)
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
-        self.core.freezer.set_trainable(trainable_stages(self.cfg.freeze, epoch, len(self.core.freezer.stages)))
-        self.core.train(self.core.training)
+        self.module.freezer.set_trainable(trainable_stages(self.cfg.freeze, epoch, len(self.module.freezer.stages)))
+        self.module.train(self.module.training)
 
-    def step(self, micro_batches: Sequence[dict], backward: Callable[[Tensor], None]) -> dict[str, float]:
-        dev = device_of(self.core)
-        inputs = [(mb["image"].to(dev, non_blocking=True), mb["text"].to(dev, non_blocking=True)) for mb in micro_batches]
-        if len(inputs) == 1:
-            img, txt, scale = self.module(*inputs[0])
-            loss = self.loss(img, txt, scale)
-            backward(loss)
-            return {"loss": float(loss.detach()), "logit_scale": float(scale.detach())}
-        with torch.no_grad():
-            cached = [self.module(i, t)[:2] for i, t in inputs]
-        first = None
-        for j, (i, t) in enumerate(inputs):
-            img_j, txt_j, scale = self.module(i, t)
-            imgs = torch.cat([c[0] for c in cached[:j]] + [img_j] + [c[0] for c in cached[j + 1:]])
-            txts = torch.cat([c[1] for c in cached[:j]] + [txt_j] + [c[1] for c in cached[j + 1:]])
-            loss = self.loss(imgs, txts, scale if j == 0 else scale.detach())
-            backward(loss)
-            if first is None:
-                first = (float(loss.detach()), float(scale.detach()))
-        return {"loss": first[0], "logit_scale": first[1]}
+    # -- the trainer's side (tasks/base.py): open_clip's feature-cache accumulation ------------------------
+    def begin_step(self, model: nn.Module, micro_batches: Sequence[dict]) -> None:
+        """With k > 1 micro-batches: embed every one without grad (the negatives of the whole batch)."""
+        self._cache = []
+        if len(micro_batches) > 1:
+            with torch.no_grad():
+                self._cache = [model(*self._inputs(mb))[:2] for mb in micro_batches]
+
+    def loss(self, model: nn.Module, i: int, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        """Re-embed micro-batch i with grad and score it against the cached rest: the k backward passes add up
+        to the gradient of the one big-batch loss. Logs come from the first micro-batch only."""
+        img, txt, scale = model(*self._inputs(batch))
+        if self._cache:
+            imgs = torch.cat([c[0] for c in self._cache[:i]] + [img] + [c[0] for c in self._cache[i + 1:]])
+            txts = torch.cat([c[1] for c in self._cache[:i]] + [txt] + [c[1] for c in self._cache[i + 1:]])
+            img, txt = imgs, txts
+        loss = self.loss_fn(img, txt, scale if i == 0 else scale.detach())
+        return loss, ({"loss": float(loss.detach()), "logit_scale": float(scale.detach())} if i == 0 else {})
+
+    def _inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
+        dev = device_of(self.module)
+        return batch["image"].to(dev, non_blocking=True), batch["text"].to(dev, non_blocking=True)
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict], accelerator: Any = None) -> dict[str, float]:
-        was_training = self.core.training
+        was_training = self.module.training
         self.module.eval()
-        dev = device_of(self.core)
-        imgs, txts, groups = [], [], []
+        dev = device_of(self.module)
+        imgs, txts, groups, captions, order = [], [], [], [], []
         loss_sum, n = 0.0, 0
         for b in batches:
             img, txt, scale = self.module(b["image"].to(dev, non_blocking=True), b["text"].to(dev, non_blocking=True))
@@ -129,14 +129,17 @@ class ContrastiveTask(Task):
             txts.append(txt.float())
             ids = list(b.get("group_id") or b.get("key") or [None] * len(keep))
             groups += [g for g, k in zip(ids, keep.tolist()) if k]
+            captions += [c for c, k in zip(b.get("caption") or [""] * len(keep), keep.tolist()) if k]
+            order += [i for i, k in zip(b.get("index") or [-1] * len(keep), keep.tolist()) if k]
         self.module.train(was_training)
-        D = self.core.clip.visual.output_dim
+        D = self.module.clip.visual.output_dim
         img = gather_rows(accelerator, torch.cat(imgs) if imgs else torch.zeros(0, D, device=dev)).cpu()
         txt = gather_rows(accelerator, torch.cat(txts) if txts else torch.zeros(0, D, device=dev)).cpu()
         stats = gather_rows(accelerator, torch.tensor([[loss_sum, float(n)]], device=dev)).sum(0)
-        groups = gather_objects(accelerator, groups)
+        groups, captions = gather_objects(accelerator, groups), gather_objects(accelerator, captions)
+        order = gather_objects(accelerator, order)
         use_groups = groups if all(g not in (None, "") for g in groups) else None
-        res = M.retrieval(img, txt, use_groups)
+        res = M.retrieval(img, txt, use_groups, captions, order=order)  # the eval job's relevance and tie rule
         res["loss"] = float(stats[0] / max(float(stats[1]), 1.0))
         res["count"] = float(img.shape[0])
         self.last_eval = {"n": img.shape[0]}
@@ -144,6 +147,6 @@ class ContrastiveTask(Task):
 
     @torch.no_grad()
     def export(self, out_dir: str | Path, state_dict: Optional[Mapping[str, Tensor]] = None) -> None:
-        state = dict(state_dict) if state_dict is not None else self.core.state_dict()
+        state = dict(state_dict) if state_dict is not None else self.module.state_dict()
         export_model(self.loaded, out_dir, merged_model_state(self.loaded, state))
         save_heads(out_dir, {}, {"task": "contrastive", "model": self.loaded.name, "backbone": "open_clip", "fields": {}})

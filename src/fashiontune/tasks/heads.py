@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from ..models import LoadedModel, StageFreezer, export_model, save_heads
+from ..models.prompts import LOG_SCALE_MAX, label_text
 from . import metrics as M
 from .base import (
     FieldSpec,
@@ -28,14 +29,11 @@ from .base import (
     device_of,
     expand_templates,
     gather_rows,
-    label_text,
     merged_model_state,
     require_text_model,
     trainable_stages,
 )
 from .config import FreezeMode, HeadKind, MultiLabelLoss, TaskConfig, TextMode
-
-LOG_SCALE_MAX = math.log(100)  # CLIP's cap on the logit scale
 
 
 class PromptHead(nn.Module):
@@ -159,21 +157,21 @@ class HeadsTask(Task):
             else:
                 heads[head_key(s.name)] = nn.Linear(loaded.image_dim, len(s.vocab))
         hold_clip = head_kind == HeadKind.prompts and text_mode == TextMode.tower
-        self.core = HeadsModule(loaded, heads, hold_clip).to(device_of(loaded.model))
-        self.module = self.core
+        self.module = HeadsModule(loaded, heads, hold_clip).to(device_of(loaded.model))
+        self._totals: dict[str, int] = {}  # begin_step's valid-label counts of this step
         self.text_mode = text_mode
         self.thresholds = {s.name: cfg.multilabel.threshold for s in self.specs if s.multi}
         self.pos_weight = {s.name: self._pos_weight(s) for s in self.specs if s.multi}
 
         mode = cfg.freeze.mode
         if not trainable:  # zero-shot: no graph is built (no_grad tower, fixed heads); the shared model is untouched
-            for p in self.core.heads.parameters():
+            for p in self.module.heads.parameters():
                 p.requires_grad_(False)
-            self.core.tower_locked = True
+            self.module.tower_locked = True
         elif mode == FreezeMode.linear_probe:
-            for p in self.core.tower.parameters():
+            for p in self.module.tower.parameters():
                 p.requires_grad_(False)
-            self.core.tower_locked = True
+            self.module.tower_locked = True
         # schedules that change which stages train cut the graph instead of flipping requires_grad (see towers.py)
         self.find_unused_parameters = trainable and (mode in (FreezeMode.gradual, FreezeMode.freeze_then_unfreeze) or hold_clip)
         multi_fields = any(s.multi for s in self.specs)
@@ -185,9 +183,9 @@ class HeadsTask(Task):
     # --- schedule -------------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
-        n = trainable_stages(self.cfg.freeze, epoch, len(self.core.freezer.stages))
-        self.core.freezer.set_trainable(n)
-        self.core.train(self.core.training)  # re-apply eval mode to what is now frozen
+        n = trainable_stages(self.cfg.freeze, epoch, len(self.module.freezer.stages))
+        self.module.freezer.set_trainable(n)
+        self.module.train(self.module.training)  # re-apply eval mode to what is now frozen
 
     # --- losses ---------------------------------------------------------------------------------------
     def _pos_weight(self, s: FieldSpec) -> Optional[Tensor]:
@@ -222,35 +220,35 @@ class HeadsTask(Task):
                 logits, y.float(), pos_weight=None if pw is None else pw.to(logits.device), reduction="none")
         return per.mean(1).sum()
 
-    def step(self, micro_batches: Sequence[dict], backward: Callable[[Tensor], None]) -> dict[str, float]:
+    # --- the trainer's side (tasks/base.py) -----------------------------------------------------------
+    def begin_step(self, model: nn.Module, micro_batches: Sequence[dict]) -> None:
+        """Count the valid labels of the whole accumulated batch: each micro-batch's loss sum is divided by
+        them, so k micro-batches give the gradient of one big batch."""
         if not self.trainable:
             raise TaskError(f"task.name={self.name} does not train; the loop should only call evaluate().")
-        dev = device_of(self.core)
-        # normalise by the valid-label count of the whole accumulated batch, so k micro-batches give the
-        # gradient of one big batch
-        totals = {s.name: sum(int(self._valid(s, mb["labels"][s.name], mb).sum()) for mb in micro_batches)
-                  for s in self.specs}
-        logged = {s.name: 0.0 for s in self.specs}
-        for mb in micro_batches:
-            out = self.module(mb["image"].to(dev, non_blocking=True))
-            loss = 0.0
-            for s in self.specs:
-                y = mb["labels"][s.name].to(dev, non_blocking=True)
-                part = self._loss_sum(s, out[head_key(s.name)], y, self._valid(s, y, mb)) / max(totals[s.name], 1)
-                logged[s.name] += float(part.detach())
-                loss = loss + part / len(self.specs)
-            backward(loss)
-        res = {"loss": sum(logged.values()) / len(self.specs)}
-        if len(self.specs) > 1:
-            res.update({f"loss/{k}": v for k, v in logged.items()})
-        return res
+        self._totals = {s.name: sum(int(self._valid(s, mb["labels"][s.name], mb).sum()) for mb in micro_batches)
+                        for s in self.specs}
+
+    def loss(self, model: nn.Module, i: int, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        dev = device_of(self.module)
+        out = model(batch["image"].to(dev, non_blocking=True))
+        loss, logs = 0.0, {}
+        for s in self.specs:
+            y = batch["labels"][s.name].to(dev, non_blocking=True)
+            part = self._loss_sum(s, out[head_key(s.name)], y, self._valid(s, y, batch)) / max(self._totals[s.name], 1)
+            logs[f"loss/{s.name}"] = float(part.detach())
+            loss = loss + part / len(self.specs)
+        logs["loss"] = sum(logs.values()) / len(self.specs)
+        if len(self.specs) == 1:
+            logs = {"loss": logs["loss"]}
+        return loss, logs
 
     # --- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, batches: Iterable[dict], accelerator: Any = None, tune: bool = True) -> dict[str, float]:
-        was_training = self.core.training
+    def evaluate(self, batches: Iterable[dict], accelerator: Any = None) -> dict[str, float]:
+        was_training = self.module.training
         self.module.eval()
-        dev = device_of(self.core)
+        dev = device_of(self.module)
         logits: dict[str, list[Tensor]] = {s.name: [] for s in self.specs}
         labels: dict[str, list[Tensor]] = {s.name: [] for s in self.specs}
         for b in batches:
@@ -279,8 +277,8 @@ class HeadsTask(Task):
                 probs = torch.sigmoid(lg).numpy()
                 yt = y.numpy().astype(np.int64)
                 fixed = M.multi_label(yt, probs, 0.5)
-                if tune and self.cfg.multilabel.tune_threshold and n > 0:
-                    self.thresholds[s.name] = M.tune_threshold(yt, probs, self.cfg.multilabel.tune_metric)
+                if self.cfg.multilabel.tune_threshold and n > 0:
+                    self.thresholds[s.name] = M.tune_threshold(yt, probs, metric=self.cfg.multilabel.tune_metric)
                 m = M.multi_label(yt, probs, self.thresholds[s.name])
                 m.update({"micro_f1@0.5": fixed["micro_f1"], "macro_f1@0.5": fixed["macro_f1"],
                           "threshold": self.thresholds[s.name]})
@@ -306,12 +304,12 @@ class HeadsTask(Task):
     # --- export ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def export(self, out_dir: str | Path, state_dict: Optional[Mapping[str, Tensor]] = None) -> None:
-        state = dict(state_dict) if state_dict is not None else self.core.state_dict()
+        state = dict(state_dict) if state_dict is not None else self.module.state_dict()
         export_model(self.loaded, out_dir, merged_model_state(self.loaded, state))
         heads = {k[len("heads."):]: v for k, v in state.items() if k.startswith("heads.")}
-        clip = self.core._modules.get("clip")
+        clip = self.module._modules.get("clip")
         for s in self.specs:  # prompt heads: store the label embeddings in use, so no text tower is needed
-            h = self.core.heads[head_key(s.name)]
+            h = self.module.heads[head_key(s.name)]
             if isinstance(h, PromptHead):
                 cached = getattr(h, "last_label_emb", None) if state_dict is not None else None
                 emb = cached if cached is not None else h.label_embeddings(clip.encode_text if clip is not None else None)

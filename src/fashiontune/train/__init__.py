@@ -23,10 +23,13 @@ from fashiontune.train.config import (
 )
 
 
-def run_training(cfg: TrainConfig) -> dict:
-    from fashiontune.train.loop import run_training as _run  # torch/open_clip are imported only when training
+def __getattr__(name: str):
+    # run_training is imported on first use: torch/open_clip load only when training
+    if name == "run_training":
+        from fashiontune.train.loop import run_training
 
-    return _run(cfg)
+        return run_training
+    raise AttributeError(f"module 'fashiontune.train' has no attribute {name!r}")
 
 
 __all__ = [

@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 def _clean(v: Any) -> Any:
@@ -103,9 +103,3 @@ def read_metrics(path: Path) -> list[dict]:
                 pass
     return out
 
-
-def last(records: list[dict], kind: str) -> Optional[dict]:
-    for r in reversed(records):
-        if r.get("kind") == kind:
-            return r
-    return None

@@ -1,14 +1,15 @@
 """`run_training(cfg)`: the training recipe, top to bottom.
 
-    model + task -> accelerator (DDP / DeepSpeed) -> loaders -> optimiser + schedule -> resume
-    -> for each step: micro-batches -> task.step(backward) -> clip/update or skip -> log / eval / checkpoint
-    -> final eval, best export, results.json, plots
+    setup:  model + task -> accelerator -> loaders;  optimiser -> schedule + backend (DDP / DeepSpeed) -> resume
+    train:  for each step: micro-batches -> train_step (step.py) -> log / validate / checkpoint
+    finish: final checkpoint and validation, export, results.json, plots
 
 Resume is automatic and idempotent: a job started again with the same run directory (a SLURM requeue, a
-crash, `loop.stop_after_steps`) restores the newest complete checkpoint (weights, optimiser, schedule, RNG,
-data position, counters, best) and continues; a finished run started again only re-writes its report.
-All the work of a step (its end-of-epoch or final validation and best export included) is done before the
-checkpoint of that step is saved, so a resumed run repeats exactly what a kill cut off, never less.
+crash, `loop.stop_after_steps`) restores the newest complete checkpoint (weights, optimiser, schedule, RNG and
+the TrainState: data position, counters, best, last validation) and continues; a finished run started again
+only re-writes its report. All the work of a step (its end-of-epoch or final validation and best export
+included) is done before the checkpoint of that step is saved, so a resumed run repeats exactly what a kill
+cut off, never less.
 """
 
 from __future__ import annotations
@@ -18,24 +19,192 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 
 from fashiontune.config import ConfigError, config_hash, save_config, to_yaml
 from fashiontune.data import make_loader, read_manifest, to_device
 from fashiontune.models import load_clip
-from fashiontune.tasks import build_task
+from fashiontune.tasks import Task, build_task
 from fashiontune.train.accel import make_accelerator, process_state
-from fashiontune.train.checkpoint import CheckpointManager
+from fashiontune.train.backend import DDPBackend, make_backend
+from fashiontune.train.checkpoint import CheckpointError, CheckpointManager
 from fashiontune.train.config import TrainConfig
 from fashiontune.train.logs import RunLogger, Throughput, read_metrics
 from fashiontune.train.optim import build_optimizer, build_scheduler
 from fashiontune.train.report import plot_confusion, plot_curves
-from fashiontune.train.step import StepRunner
+from fashiontune.train.state import TrainState
+from fashiontune.train.step import train_step
 from fashiontune.train.testing import fault_point
+
+
+class Clock:
+    """This invocation's training seconds: data waits included, validation and checkpoints left out."""
+
+    def __init__(self) -> None:
+        self.start, self.paused = time.perf_counter(), 0.0
+
+    @contextmanager
+    def pause(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - t0
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start - self.paused
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; `state` is what its checkpoints save besides the tensors."""
+
+    cfg: TrainConfig
+    acc: Any
+    task: Task
+    train_loader: Any
+    val_loader: Any
+    metric: str  # the validation metric that picks the best step
+    higher: bool
+    total_steps: int
+    results: dict[str, Any]
+    state: TrainState = field(default_factory=TrainState)
+    backend: Optional[DDPBackend] = None
+    scheduler: Any = None
+    ckpt: Optional[CheckpointManager] = None
+    logger: Optional[RunLogger] = None
+    clock: Clock = field(default_factory=Clock)
+    meter: Throughput = field(default_factory=Throughput)
+    rates: list[float] = field(default_factory=list)  # samples/s of each logged interval of this invocation
+    started_at: tuple[int, int] = (0, 0)  # (step, samples_seen) when this invocation started training
+    t_start: float = field(default_factory=time.time)
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    run = setup(cfg)
+    if not run.task.trainable:  # zero-shot: evaluate and export, nothing to optimise
+        return evaluate_only(run)
+    optimizer = build_optimizer(run.task.module, cfg.optim)
+    prepare(run, optimizer)
+    stopped = train(run)
+    return finish(run, stopped)
+
+
+# -- setup -------------------------------------------------------------------------------------------------
+def setup(cfg: TrainConfig) -> Run:
+    cfg.validate()
+    t_start = time.time()
+    ps = process_state(cfg)
+    set_seed(cfg.loop.seed)  # the same initial weights and heads on every rank
+    manifest = read_manifest(cfg.data.shards)
+    loaded = load_clip(cfg.model)
+    task = build_task(cfg.task, loaded, manifest, ps.process_index, ps.num_processes)
+    acc = make_accelerator(cfg, _find_unused(cfg, task))
+    _write_config(acc, cfg)
+
+    common = dict(tokenizer=loaded.tokenizer if task.needs_text else None, fields=list(task.fields),
+                  rank=acc.process_index, world_size=acc.num_processes, manifest=manifest)
+    val_count = int(manifest.get("splits", {}).get(cfg.data.val_split, {}).get("count", 0))
+    val_loader = make_loader(cfg.data, train=False, transform=loaded.preprocess_val, **common) if val_count else None
+    train_loader, total_steps = None, 0
+    if task.trainable:
+        train_loader = make_loader(cfg.data, train=True, transform=loaded.preprocess_train, **common)
+        total_steps = cfg.loop.max_steps or cfg.loop.epochs * math.ceil(len(train_loader) / cfg.loop.grad_accum)
+
+    metric = cfg.checkpoint.best_metric or task.primary_metric
+    higher = task.higher_is_better if not cfg.checkpoint.best_metric else "loss" not in metric
+    name = cfg.task.name.value if hasattr(cfg.task.name, "value") else str(cfg.task.name)
+    results = {"name": cfg.name, "task": name, "config_hash": config_hash(cfg), "world_size": acc.num_processes,
+               "best_metric": metric}
+    run = Run(cfg, acc, task, train_loader, val_loader, metric, higher, total_steps, results, t_start=t_start)
+    run.state.best["metric"] = metric
+    return run
+
+
+def _find_unused(cfg: TrainConfig, task: Task) -> bool:
+    if cfg.dist.find_unused_parameters is not None:
+        return cfg.dist.find_unused_parameters
+    # With accumulation the synced (last) micro-batch need not touch every parameter: the contrastive feature
+    # cache gives logit_scale its gradient on the first micro-batch only.
+    return task.find_unused_parameters or cfg.loop.grad_accum > 1
+
+
+def _write_config(acc, cfg: TrainConfig) -> None:
+    """The resolved config is the first thing in the run directory (the previous one kept if it differs)."""
+    if acc.is_main_process:
+        prev = cfg.run_dir / "config.yaml"
+        if prev.exists() and prev.read_text() != to_yaml(cfg):
+            print(f"fashiontune train: {prev} differs from this config; the run continues with the new one "
+                  "(the old file is kept as config.prev.yaml).", flush=True)
+            shutil.copy(prev, cfg.run_dir / "config.prev.yaml")
+        save_config(cfg, cfg.run_dir)
+    acc.wait_for_everyone()
+
+
+def prepare(run: Run, optimizer: torch.optim.Optimizer) -> None:
+    """Schedule, backend, checkpoints, resume, logger."""
+    cfg = run.cfg
+    # The scheduler is not prepared: accelerate would step it once per process per call; train_step steps it
+    # once per optimiser step (also under DeepSpeed); the checkpoint keeps its state as JSON.
+    run.scheduler = build_scheduler(optimizer, run.total_steps, cfg.schedule)
+    run.backend = make_backend(run.acc, run.task.module, optimizer, cfg.optim.grad_clip)
+    run.ckpt = CheckpointManager(run.acc, cfg.run_dir / "checkpoints", cfg.checkpoint.keep_last,
+                                 run.backend.model, run.backend.optimizer, run.scheduler)
+    if cfg.checkpoint.resume:
+        _resume(run)
+    run.results["resumed_from_step"] = run.state.step
+    run.logger = RunLogger(cfg.run_dir, run.acc.is_main_process, cfg.log.tensorboard, cfg.log.progress,
+                           run.total_steps, run.state.step)
+
+
+def _resume(run: Run) -> None:
+    resumed = run.ckpt.load_latest()
+    if resumed is None:
+        return
+    try:
+        run.state.load_state_dict(resumed)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{resumed['path']}/trainer_state.json: not a trainer state of this version "
+                              f"({type(e).__name__}: {e}). Delete the checkpoint or set checkpoint.resume=false.") from e
+    run.train_loader.load_state_dict(run.state.position)
+    if run.acc.is_main_process:
+        print(f"fashiontune train: resumed from {resumed['path']} (step {run.state.step}, epoch {run.state.epoch})",
+              flush=True)
+
+
+# -- train -------------------------------------------------------------------------------------------------
+def train(run: Run) -> bool:
+    """Steps until loop.max_steps / loop.epochs; True when loop.stop_after_steps stopped the run early."""
+    cfg, s, loader = run.cfg, run.state, run.train_loader
+    nan_steps = set(cfg.loop.nan_steps)  # test hook: NaN losses at these steps, on loop.nan_ranks (all if empty)
+    if cfg.loop.nan_ranks and run.acc.process_index not in set(cfg.loop.nan_ranks):
+        nan_steps = set()
+    run.clock = Clock()
+    run.started_at = (s.step, s.samples_seen)
+    while s.step < run.total_steps:
+        epoch = s.epoch
+        loader.set_epoch(epoch)
+        run.task.on_epoch_start(epoch)
+        run.task.module.train()
+        for micro in _chunks(iter(loader), cfg.loop.grad_accum):
+            micro = [to_device(b, run.acc.device) for b in micro]
+            logs = train_step(run.task, run.backend, run.scheduler, micro, s, cfg.loop.max_bad_steps,
+                              poison=s.step in nan_steps)
+            s.step += 1
+            fault_point("step", s.step)
+            s.position = run.train_loader.position()
+            _log_step(run, micro, logs, epoch)
+            if _after_step(run, epoch):
+                return True
+            if s.step >= run.total_steps:
+                break
+    return False
 
 
 def _chunks(it: Iterator[dict], n: int) -> Iterator[list[dict]]:
@@ -49,268 +218,150 @@ def _chunks(it: Iterator[dict], n: int) -> Iterator[list[dict]]:
         yield group
 
 
-def _zero3(acc) -> bool:
-    if acc.distributed_type != DistributedType.DEEPSPEED:
-        return False
-    return int(acc.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) == 3
-
-
 def _n_samples(batch: dict) -> int:
     return int(batch["valid"].sum()) if "valid" in batch else len(batch["key"])
 
 
-class _Evaluator:
-    """Validation over the whole val split (or its first `max_batches`), gathered over ranks by the task.
-
-    Padding batches (valid all False; short ranks of an uneven exact split) are dropped, and the forward runs
-    on the unwrapped module, which does no collectives, so ranks may see different batch counts. Under
-    ZeRO-3 every forward gathers parameters collectively, so there all ranks run every batch, padding
-    included (a few repeated samples in the metrics)."""
-
-    def __init__(self, acc, task, loader, max_batches: int):
-        self.acc, self.task, self.loader, self.max_batches = acc, task, loader, max_batches
-
-    def __call__(self) -> dict[str, float]:
-        zero3 = _zero3(self.acc)
-
-        def batches():
-            for i, b in enumerate(self.loader):
-                if self.max_batches and i >= self.max_batches:
-                    break
-                if zero3 or "valid" not in b or bool(b["valid"].any()):
-                    yield to_device(b, self.acc.device)
-
-        self.loader.set_epoch(0)
-        wrapped = self.task.module
-        if not zero3 and hasattr(self.task, "core"):
-            self.task.module = self.task.core
-        try:
-            with torch.no_grad():
-                return dict(self.task.evaluate(batches(), self.acc))
-        finally:
-            self.task.module = wrapped
+def _log_step(run: Run, micro: list[dict], logs: dict, epoch: int) -> None:
+    cfg, s, acc = run.cfg, run.state, run.acc
+    n = sum(_n_samples(b) for b in micro) * acc.num_processes
+    s.samples_seen += n
+    run.meter.add(n)
+    lr = run.scheduler.get_last_lr()[0]
+    run.logger.progress(1, {"loss": logs.get("loss", float("nan")), "lr": lr})
+    if s.step % cfg.log.every_steps != 0 and s.step != run.total_steps:
+        return
+    loss = torch.tensor([logs.get("loss", float("nan"))], device=acc.device)
+    loss = float(acc.reduce(loss, "mean")) if acc.num_processes > 1 else float(loss)
+    rate = run.meter.rate()
+    run.rates.append(rate)
+    run.logger.log({"kind": "train", "step": s.step, "epoch": epoch, "samples": s.samples_seen,
+                    **{k: v for k, v in logs.items() if k != "loss"}, "loss": loss, "lr": lr,
+                    "samples_per_s": rate, "skipped_total": s.skipped_total})
+    if run.logger.bar is not None:
+        run.logger.bar.set_postfix({"loss": f"{loss:.4g}", "samples/s": f"{rate:.1f}"}, refresh=False)
 
 
-def _export(acc, task, out: Path, step: int) -> None:
+def _after_step(run: Run, epoch: int) -> bool:
+    """Validation and checkpoint after a step; True when loop.stop_after_steps ends the run here."""
+    cfg, s = run.cfg, run.state
+    periodic = cfg.log.eval_every_steps and s.step % cfg.log.eval_every_steps == 0
+    epoch_end = s.epoch != epoch and not cfg.log.eval_every_steps  # this step used up the epoch's data
+    if run.val_loader and (periodic or epoch_end or s.step == run.total_steps):
+        validate(run, epoch)  # before this step's checkpoint: a resumed run never skips it (nor repeats it)
+        run.task.module.train()
+    stop = bool(cfg.loop.stop_after_steps) and cfg.loop.stop_after_steps <= s.step < run.total_steps
+    if (cfg.checkpoint.every_steps and s.step % cfg.checkpoint.every_steps == 0) or stop:
+        with run.clock.pause():
+            run.ckpt.save(s.step, s.state_dict())
+    return stop
+
+
+def validate(run: Run, epoch: int) -> dict[str, float]:
+    """Validate, log, and export when it is the best so far."""
+    s = run.state
+    with run.clock.pause():
+        val = {k: float(v) for k, v in _evaluate(run).items()}
+        s.last_val_step, s.last_val = s.step, val
+        run.logger.log({"kind": "val", "step": s.step, "epoch": epoch, **val})
+        if run.metric not in val:
+            raise ConfigError(f"checkpoint.best_metric={run.metric!r} is not a validation metric of task "
+                              f"{run.results['task']}; choose one of: {', '.join(sorted(val))}.")
+        if s.better(val[run.metric], run.higher):
+            s.best = {"metric": run.metric, "value": val[run.metric], "step": s.step}
+            if run.cfg.checkpoint.export_best:
+                _export(run, s.step)
+    fault_point("val", s.step)
+    return val
+
+
+def _evaluate(run: Run) -> dict[str, float]:
+    """The whole val split (or its first log.eval_max_batches), gathered over ranks by the task, on the
+    unwrapped module. Padding batches (valid all False: short ranks of an uneven exact split) are dropped, so
+    ranks may see different batch counts; under ZeRO-3 every forward gathers parameters collectively, so
+    there all ranks run every batch, padding included (a few repeated samples in the metrics)."""
+    keep_padding = run.backend is not None and run.backend.zero3
+    run.val_loader.set_epoch(0)
+
+    def batches() -> Iterator[dict]:
+        for i, b in enumerate(run.val_loader):
+            if run.cfg.log.eval_max_batches and i >= run.cfg.log.eval_max_batches:
+                break
+            if keep_padding or "valid" not in b or bool(b["valid"].any()):
+                yield to_device(b, run.acc.device)
+
+    with torch.no_grad():
+        return dict(run.task.evaluate(batches(), run.acc))
+
+
+def _export(run: Run, step: int) -> None:
     """Best-so-far export, atomic: write <run>/.export-tmp, then swap it in for <run>/export."""
-    state = acc.get_state_dict(task.module) if _zero3(acc) else None  # collective under ZeRO-3
-    if acc.is_main_process:
+    state = run.backend.full_state_dict() if run.backend else None  # collective under ZeRO-3
+    out = run.cfg.run_dir / "export"
+    if run.acc.is_main_process:
         tmp, old = out.with_name(".export-tmp"), out.with_name(".export-old")
         for p in (tmp, old):
             shutil.rmtree(p, ignore_errors=True)
-        task.export(tmp, state_dict=state)
+        run.task.export(tmp, state_dict=state)
         if out.exists():
             os.replace(out, old)
         fault_point("export", step)  # test hook: a kill here leaves no export/ (the next run writes it again)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
+    run.acc.wait_for_everyone()
 
 
-def _better(value: float, best: Optional[float], higher: bool) -> bool:
-    if value is None or not math.isfinite(value):
-        return False
-    return best is None or (value > best if higher else value < best)
-
-
-def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    cfg.validate()
-    t_start = time.time()
-    state = process_state(cfg)
-    set_seed(cfg.loop.seed)  # the same initial weights and heads on every rank
-    run_dir = cfg.run_dir
-    manifest = read_manifest(cfg.data.shards)
-
-    loaded = load_clip(cfg.model)
-    task = build_task(cfg.task, loaded, manifest, state.process_index, state.num_processes)
-    find_unused = cfg.dist.find_unused_parameters
-    if find_unused is None:
-        # With accumulation the synced (last) micro-batch need not touch every parameter: the contrastive
-        # feature cache gives logit_scale its gradient on the first micro-batch only.
-        find_unused = task.find_unused_parameters or cfg.loop.grad_accum > 1
-    acc = make_accelerator(cfg, find_unused)
-    main = acc.is_main_process
-    if main:
-        prev = run_dir / "config.yaml"
-        if prev.exists() and prev.read_text() != to_yaml(cfg):
-            print(f"fashiontune train: {prev} differs from this config; the run continues with the new one "
-                  "(the old file is kept as config.prev.yaml).", flush=True)
-            shutil.copy(prev, run_dir / "config.prev.yaml")
-        save_config(cfg, run_dir)  # the resolved config is the first thing in the run directory
-    acc.wait_for_everyone()
-
-    fields = list(task.fields)
-    tokenizer = loaded.tokenizer if task.needs_text else None
-    common = dict(tokenizer=tokenizer, fields=fields, rank=acc.process_index, world_size=acc.num_processes,
-                  manifest=manifest)
-    val_count = int(manifest.get("splits", {}).get(cfg.data.val_split, {}).get("count", 0))
-    val_loader = make_loader(cfg.data, train=False, transform=loaded.preprocess_val, **common) if val_count else None
-
-    metric = cfg.checkpoint.best_metric or task.primary_metric
-    higher = task.higher_is_better if not cfg.checkpoint.best_metric else metric != "loss" and "loss" not in metric
-    results: dict[str, Any] = {"name": cfg.name, "task": cfg.task.name.value if hasattr(cfg.task.name, "value")
-                               else str(cfg.task.name), "config_hash": config_hash(cfg),
-                               "world_size": acc.num_processes, "best_metric": metric}
-
-    if not task.trainable:  # zero-shot: evaluate and export, nothing to optimise
-        task.module = task.module.to(acc.device)
-        evaluator = _Evaluator(acc, task, val_loader, cfg.log.eval_max_batches) if val_loader else None
-        val = evaluator() if evaluator else {}
-        _export(acc, task, run_dir / "export", 0)
-        results.update(step=0, final=val, best={"metric": metric, "value": val.get(metric), "step": 0})
-        return _finish(acc, task, cfg, results, t_start)
-
-    train_loader = make_loader(cfg.data, train=True, transform=loaded.preprocess_train, **common)
-    ga = cfg.loop.grad_accum
-    steps_per_epoch = math.ceil(len(train_loader) / ga)
-    total_steps = cfg.loop.max_steps or cfg.loop.epochs * steps_per_epoch
-
-    optimizer = build_optimizer(task.module, cfg.optim)
-    scheduler = build_scheduler(optimizer, total_steps, cfg.schedule)
-    # The scheduler is not prepared: accelerate would step it once per process per call; we step it once per
-    # optimiser step (also under DeepSpeed); the checkpoint keeps its state as JSON.
-    task.module, optimizer = acc.prepare(task.module, optimizer)
-    runner = StepRunner(acc, task, optimizer, scheduler, cfg.optim.grad_clip, cfg.loop.max_bad_steps,
-                        cfg.loop.nan_steps, cfg.loop.nan_ranks)
-    evaluator = _Evaluator(acc, task, val_loader, cfg.log.eval_max_batches) if val_loader else None
-    ckpt = CheckpointManager(acc, run_dir / "checkpoints", cfg.checkpoint.keep_last, task.module, optimizer, scheduler)
-
-    step, epoch, samples_seen, last_val_step = 0, 0, 0, -1
-    best: dict[str, Any] = {"metric": metric, "value": None, "step": None}
-    resumed = ckpt.load_latest() if cfg.checkpoint.resume else None
-    if resumed:
-        step, epoch, samples_seen = resumed["step"], resumed["epoch"], resumed.get("samples_seen", 0)
-        train_loader.load_state_dict(resumed["data"])
-        runner.load_state_dict(resumed.get("runner", {}))
-        best = resumed.get("best", best)
-        last_val_step = resumed.get("last_val_step", -1)  # a validation already done at the checkpoint's step
-        if main:
-            print(f"fashiontune train: resumed from {resumed['path']} (step {step}, epoch {epoch})", flush=True)
-    results["resumed_from_step"] = step
-
-    logger = RunLogger(run_dir, main, cfg.log.tensorboard, cfg.log.progress, total_steps, step)
-    meter = Throughput()
-    last_val: dict[str, float] = {}
-
-    def trainer_state(data_pos: dict) -> dict:
-        return {"step": step, "epoch": epoch, "samples_seen": samples_seen, "data": data_pos,
-                "runner": runner.state_dict(), "best": best, "total_steps": total_steps,
-                "last_val_step": last_val_step}
-
-    paused = 0.0  # seconds spent validating / checkpointing, left out of the training throughput
-
-    def validate() -> dict[str, float]:
-        nonlocal last_val_step, last_val, best, paused
-        t0 = time.perf_counter()
-        val = evaluator()
-        last_val_step, last_val = step, val
-        logger.log({"kind": "val", "step": step, "epoch": epoch, **val})
-        if metric not in val:
-            raise ConfigError(f"checkpoint.best_metric={metric!r} is not a validation metric of task "
-                              f"{results['task']}; choose one of: {', '.join(sorted(val))}.")
-        if _better(val[metric], best["value"], higher):
-            best = {"metric": metric, "value": val[metric], "step": step}
-            if cfg.checkpoint.export_best:
-                _export(acc, task, run_dir / "export", step)
-        paused += time.perf_counter() - t0
-        fault_point("val", step)
-        return val
-
-    t_loop, step_at_start, samples_at_start = time.perf_counter(), step, samples_seen
-    stop_early = False
-    at_epoch_end = False  # the data position is "start of `epoch`" (the previous one was used up)
-    while step < total_steps and not stop_early:
-        train_loader.set_epoch(epoch)
-        task.on_epoch_start(epoch)
-        task.module.train()
-        for micro in _chunks(iter(train_loader), ga):
-            micro = [to_device(b, acc.device) for b in micro]
-            logs = runner.run(micro, step)
-            step += 1
-            fault_point("step", step)
-            n_local = sum(_n_samples(b) for b in micro)
-            samples_seen += n_local * acc.num_processes
-            meter.add(n_local * acc.num_processes)
-            lr = scheduler.get_last_lr()[0]
-            logger.progress(1, {"loss": logs.get("loss", float("nan")), "lr": lr})
-            if step % cfg.log.every_steps == 0 or step == total_steps:
-                loss = torch.tensor([logs.get("loss", float("nan"))], device=acc.device)
-                loss = float(acc.reduce(loss, "mean")) if acc.num_processes > 1 else float(loss)
-                rate = meter.rate()
-                logger.log({"kind": "train", "step": step, "epoch": epoch, "samples": samples_seen,
-                            **{k: v for k, v in logs.items() if k != "loss"}, "loss": loss, "lr": lr,
-                            "samples_per_s": rate, "skipped_total": runner.skipped_total})
-                if logger.bar is not None:
-                    logger.bar.set_postfix({"loss": f"{loss:.4g}", "samples/s": f"{rate:.1f}"}, refresh=False)
-            done = train_loader.state_dict()["batches"] >= len(train_loader)  # this epoch's data is used up
-            periodic = cfg.log.eval_every_steps and step % cfg.log.eval_every_steps == 0
-            epoch_end = done and not cfg.log.eval_every_steps
-            if evaluator and (periodic or epoch_end or step == total_steps):
-                validate()  # before this step's checkpoint: a resumed run never skips it (nor repeats it)
-                task.module.train()
-            stop_early = bool(cfg.loop.stop_after_steps) and cfg.loop.stop_after_steps <= step < total_steps
-            if (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or stop_early:
-                pos = {**train_loader.state_dict(), **({"epoch": epoch + 1, "batches": 0} if done else {})}
-                t0 = time.perf_counter()
-                ckpt.save(step, {**trainer_state(pos), **({"epoch": epoch + 1} if done else {})})
-                paused += time.perf_counter() - t0
-            if step >= total_steps or stop_early:
-                break
-        at_epoch_end = train_loader.state_dict()["batches"] >= len(train_loader)
-        if at_epoch_end:
-            epoch += 1
-    logger.close()
-    train_s = time.perf_counter() - t_loop - paused
-    results["train_seconds"] = train_s  # this invocation's steps, data waits included, eval/checkpoints not
-    results["train_samples_per_s"] = (samples_seen - samples_at_start) / train_s if step > step_at_start else None
-
-    results["step"] = step
-    results["skipped_steps"] = runner.skipped_total
-    if stop_early:
-        results["status"] = "stopped"
-        acc.wait_for_everyone()
-        return results
-
+# -- finish ------------------------------------------------------------------------------------------------
+def finish(run: Run, stopped: bool) -> dict[str, Any]:
+    """Final checkpoint and validation, export, results.json, plots (all from memory)."""
+    cfg, s, res = run.cfg, run.state, run.results
+    run.logger.close()
+    train_s = run.clock.seconds()
+    step0, samples0 = run.started_at
+    res["train_seconds"] = train_s  # this invocation's steps, data waits included, eval/checkpoints not
+    res["train_samples_per_s"] = (s.samples_seen - samples0) / train_s if s.step > step0 else None
+    res.update(step=s.step, skipped_steps=s.skipped_total)
+    if stopped:
+        res["status"] = "stopped"
+        run.acc.wait_for_everyone()
+        return res
     if cfg.checkpoint.save_final:
-        pos = {**train_loader.state_dict(), "epoch": epoch, "batches": 0} if at_epoch_end else train_loader.state_dict()
-        ckpt.save(step, trainer_state(pos))
-    val = {}
-    if evaluator:  # the final validation ran at the last step, here or before the checkpoint resumed from
-        val = validate() if last_val_step != step else (last_val or _last_val(run_dir, step, main, acc))
-    if not cfg.checkpoint.export_best or best["value"] is None:
-        _export(acc, task, run_dir / "export", step)  # nothing validated: export the final weights
-    rates = [r.get("samples_per_s") for r in read_metrics(run_dir / "metrics.jsonl")
-             if r.get("kind") == "train" and r.get("samples_per_s")] if main else []
-    results.update(final=val, best=best, epochs_done=epoch, samples_seen=samples_seen,
-                   samples_per_s=(sum(rates[1:]) / len(rates[1:]) if len(rates) > 1 else (rates[0] if rates else None)))
-    return _finish(acc, task, cfg, results, t_start)
+        run.ckpt.save(s.step, s.state_dict())
+    val: dict[str, float] = {}
+    if run.val_loader:  # the final validation ran at the last step, here or before the checkpoint resumed from
+        val = validate(run, s.epoch) if s.last_val_step != s.step else s.last_val
+    if not cfg.checkpoint.export_best or s.best["value"] is None:
+        _export(run, s.step)  # nothing validated: export the final weights
+    rates = run.rates[1:] or run.rates  # the first interval holds start-up (workers, compile)
+    res.update(final=val, best=s.best, epochs_done=s.epoch, samples_seen=s.samples_seen,
+               samples_per_s=sum(rates) / len(rates) if rates else None)
+    return _write_results(run)
 
 
-def _last_val(run_dir: Path, step: int, main: bool, acc) -> dict:
-    if not main:
-        return {}
-    for r in reversed(read_metrics(run_dir / "metrics.jsonl")):
-        if r.get("kind") == "val" and r.get("step") == step:
-            return {k: v for k, v in r.items() if k not in ("kind", "step", "epoch")}
-    return {}
+def evaluate_only(run: Run) -> dict[str, Any]:
+    run.task.module.to(run.acc.device)
+    val = _evaluate(run) if run.val_loader else {}
+    _export(run, 0)
+    run.results.update(step=0, final=val, best={"metric": run.metric, "value": val.get(run.metric), "step": 0})
+    return _write_results(run)
 
 
-def _finish(acc, task, cfg: TrainConfig, results: dict, t_start: float) -> dict:
-    run_dir = cfg.run_dir
-    results["status"] = "finished"
-    results["time_s"] = time.time() - t_start
-    if acc.is_main_process:
-        results["plots"] = []
-        if cfg.log.plots:
+def _write_results(run: Run) -> dict[str, Any]:
+    run_dir, res = run.cfg.run_dir, run.results
+    res["status"] = "finished"
+    res["time_s"] = time.time() - run.t_start
+    if run.acc.is_main_process:
+        res["plots"] = []
+        if run.cfg.log.plots:
             plots = run_dir / "plots"
             written = plot_curves(read_metrics(run_dir / "metrics.jsonl"), plots)
-            written += plot_confusion(getattr(task, "last_eval", {}), plots)
-            results["plots"] = [str(p.relative_to(run_dir)) for p in written]
+            written += plot_confusion(getattr(run.task, "last_eval", {}), plots)
+            res["plots"] = [str(p.relative_to(run_dir)) for p in written]
         tmp = run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(_clean(results), indent=2, default=_json_default))
+        tmp.write_text(json.dumps(_clean(res), indent=2, default=_json_default))
         os.replace(tmp, run_dir / "results.json")
-    acc.wait_for_everyone()
-    return results
+    run.acc.wait_for_everyone()
+    return res
 
 
 def _clean(o: Any) -> Any:
