@@ -13,6 +13,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from test_tasks_synthetic import NAMES, batch, manifest
 
 from fashiontune.config import load_config
 from fashiontune.models import Backbone, ModelConfig, load_clip, load_heads
@@ -32,7 +33,6 @@ from fashiontune.tasks import (
 from fashiontune.tasks import metrics as M
 from fashiontune.train.backend import LocalBackend
 from fashiontune.train.step import forward_backward
-from test_tasks_synthetic import NAMES, batch, manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

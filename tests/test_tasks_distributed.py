@@ -19,12 +19,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_tasks_synthetic import batch, manifest
 
 from fashiontune.models import ModelConfig, load_clip
 from fashiontune.tasks import ContrastiveConfig, FreezeConfig, FreezeMode, TaskConfig, TaskName, build_task
 from fashiontune.train.backend import LocalBackend
 from fashiontune.train.step import forward_backward
-from test_tasks_synthetic import batch, manifest
 
 WORLD = 2
 

@@ -1,5 +1,5 @@
-"""Every task learns: a direct optimisation loop (AdamW) over task.step on the colour-coded synthetic images
-of test_tasks_synthetic, evaluated on 128 held-out images. Random-init tiny ViT CLIP at 32 px.
+"""Every task learns: a direct optimisation loop (AdamW) over the trainer's forward_backward on the colour-coded
+synthetic images of test_tasks_synthetic, evaluated on 128 held-out images. Random-init tiny ViT CLIP at 32 px.
 
 Stated margins (chance in brackets). Measured when written (before -> after): classify 0.27 -> 1.0,
 gradual 0.27 -> 0.95, linear probe 0.27 -> 1.0, resnet18 0.39 -> 1.0, labeltext 0.28 -> 1.0, multilabel macro
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_tasks_synthetic import NAMES, batch, manifest
 
 from fashiontune.models import Backbone, ModelConfig, load_clip
 from fashiontune.tasks import FreezeConfig, FreezeMode, PromptConfig, TaskConfig, TaskName, build_task
 from fashiontune.train.backend import LocalBackend
 from fashiontune.train.step import forward_backward
-from test_tasks_synthetic import NAMES, batch, manifest
 
 STEPS = 40
 BATCH = 32
