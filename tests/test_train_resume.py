@@ -125,3 +125,22 @@ def test_killed_run_resumes_to_the_same_weights(kagl, tmp_path):
     res = run_training(cfg(*overrides(kagl, tmp_path, "killed", *common)))
     assert res["resumed_from_step"] == 6 and res["step"] == 12
     assert_same_weights(tmp_path / "full", tmp_path / "killed")
+
+
+def test_checkpoints_hold_the_train_state_and_results_come_from_memory(kagl, tmp_path):
+    """trainer_state.json is the TrainState: a checkpoint on an epoch's last step (14 of 14) holds the position
+    "epoch 1, batch 0" (the loader normalises it), the counters and the validation of that step; the next
+    holds "epoch 1, batch 1". results.json's final metrics are that run's last validation."""
+    res = run_training(cfg(*overrides(kagl, tmp_path, "state", "loop.max_steps=15", "checkpoint.every_steps=14",
+                                      "loop.nan_steps=[3]")))
+    ckpts = tmp_path / "state" / "checkpoints"
+    at14, at15 = (json.loads((ckpts / f"step_{s:08d}" / "trainer_state.json").read_text()) for s in (14, 15))
+    assert at14["step"] == 14 and {k: at14["position"][k] for k in ("epoch", "batches")} == {"epoch": 1, "batches": 0}
+    assert at14["samples_seen"] == 220 and at14["skipped_total"] == 1 and at14["last_val_step"] == 14
+    assert at15["step"] == 15 and {k: at15["position"][k] for k in ("epoch", "batches")} == {"epoch": 1, "batches": 1}
+    assert at15["samples_seen"] == 236 and at15["best"]["step"] in (14, 15)
+    vals = [x for x in map(json.loads, (tmp_path / "state" / "metrics.jsonl").read_text().splitlines())
+            if x["kind"] == "val"]
+    assert [v["step"] for v in vals] == [14, 15] and at14["last_val"]["accuracy"] == vals[0]["accuracy"]
+    assert res["final"] == at15["last_val"] == {k: v for k, v in vals[1].items() if k not in ("kind", "step", "epoch")}
+    assert res["epochs_done"] == 1 and res["samples_seen"] == 236 and res["samples_per_s"] > 0

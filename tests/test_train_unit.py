@@ -4,6 +4,7 @@ checkpoint discovery (complete markers, pruning). Cost: < 2 s (no model, no data
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,21 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     draw()  # move every generator on
     set_rng_state(load_tensors(tmp_path / "rng_state_0.pt", hint=""), tmp_path / "rng_state_0.pt")
     assert draw() == expected
+
+
+def test_train_state_round_trips_through_json_and_refuses_a_foreign_state():
+    from fashiontune.train.state import TrainState
+
+    s = TrainState(step=7, samples_seen=112, position={"epoch": 1, "batches": 2, "plan": {"seed": 0}},
+                   best={"metric": "accuracy", "value": 0.5, "step": 5}, last_val_step=5,
+                   last_val={"accuracy": 0.5, "loss": float("nan")}, skipped_total=1, skipped_in_row=0)
+    again = TrainState()
+    again.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert again.state_dict().keys() == s.state_dict().keys() and again.epoch == 1 and again.step == 7
+    assert again.best == s.best and again.position == s.position and math.isnan(again.last_val["loss"])
+    assert again.better(0.6, higher=True) and not again.better(0.4, higher=True) and not again.better(float("nan"), True)
+    old = {k: v for k, v in s.state_dict().items() if k != "position"}  # e.g. a checkpoint of an older version
+    with pytest.raises(KeyError):
+        TrainState().load_state_dict({**old, "data": {"epoch": 1, "batches": 2}})
+    with pytest.raises(TypeError):
+        TrainState().load_state_dict({**s.state_dict(), "step": "7"})
