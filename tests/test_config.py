@@ -136,7 +136,7 @@ def test_best_metric_typo_suggests_and_lists_the_task_metrics():
     ("data.batch_size=0", "data.batch_size"),
     ("data.num_workers=-2", "data.num_workers"),
     ("category.templates=[]", "category.templates"),
-    ("category.templates=['a {label}']", "category.templates[0]"),
+    ("category.templates=['a {colour}']", "category.templates[0]"),  # {label} / {} is the one field
     ("classification.multi_label_threshold=1.5", "classification.multi_label_threshold"),
     ("plots.grid_k=0", "plots.grid_k"),
     ("precision=fp8", "precision"),

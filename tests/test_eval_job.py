@@ -200,9 +200,12 @@ def test_manifest_count_mismatch_is_an_error_naming_the_shard(shards, tmp_path):
     m["splits"]["val"]["count"] = 5
     (bad / "manifest.json").write_text(json.dumps(m))
     (bad / "val").symlink_to(shards / "val")
-    with pytest.raises(E.ShardReadError, match=r"shard-000000.tar: manifest.json says 5 samples, the tar holds 4"):
+    from fashiontune.data.manifest import ManifestError
+    from fashiontune.data.samples import ShardDataError
+
+    with pytest.raises(ShardDataError, match=r"shard-000000.tar: manifest.json says 5 samples, the tar holds 4"):
         run_eval(cfg_for(bad, tmp_path / "o", "data.split=val", "cache=false"))
-    with pytest.raises(E.ShardReadError, match="no split 'nope'"):
+    with pytest.raises(ManifestError, match="no split 'nope'.*data.split"):
         run_eval(cfg_for(shards, tmp_path / "o", "data.split=nope"))
 
 
@@ -214,8 +217,9 @@ def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path, task
     outputs on the decoded test images (multi-label at the threshold exported with the head)."""
     from PIL import Image
 
-    from fashiontune.metrics.classification import multi_label_report, single_label_report
+    from fashiontune.data.samples import iter_range
     from fashiontune.eval.run import run_eval
+    from fashiontune.metrics.classification import multi_label_report, single_label_report
     from fashiontune.models import ModelConfig, load_clip
     from fashiontune.tasks import build_task
     from fashiontune.tasks.config import TaskConfig
@@ -230,7 +234,7 @@ def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path, task
     vocab = manifest["labels"][field]["vocab"]
     scores, truth = [], []
     task.module.eval()
-    for _, sample in E.iter_samples(E.split_shards(manifest, shards, "test"), 0, 13):
+    for _, sample in iter_range(E.eval_shards(manifest, shards, "test"), 0, 13):
         _, _, _, labels = E.parse_sample(sample)
         with Image.open(io.BytesIO(sample["jpg"])) as im, torch.no_grad():
             scores.append(task.module(loaded.preprocess_val(im.convert("RGB")).unsqueeze(0))[field][0].numpy())

@@ -20,15 +20,17 @@ def read_manifest(shards_dir: str | Path) -> dict:
     return load_manifest(Path(shards_dir))
 
 
-def split_shards(manifest: dict, split: str, shards_dir: str | Path) -> list[ShardInfo]:
-    """The shards of `split` in manifest order, with their sample counts (what exact epochs are planned on)."""
+def split_shards(manifest: dict, split: str, shards_dir: str | Path,
+                 key: str = "data.train_split / data.val_split") -> list[ShardInfo]:
+    """The shards of `split` in manifest order, with their sample counts (what exact epochs are planned on and
+    the eval job embeds); `key` is the config key that chose the split, for the error message."""
     where = Path(shards_dir) / "manifest.json"
     splits = manifest.get("splits")
     if not isinstance(splits, dict):
         raise ManifestError(f"{where}: no 'splits' object; rebuild the shards with `fashiontune shards build`.")
     if split not in splits:
         raise ManifestError(
-            f"{where}: no split {split!r}; it has {sorted(splits)}. Set data.train_split / data.val_split."
+            f"{where}: no split {split!r}; it has {sorted(splits)}. Set {key}."
         )
     out = []
     for i, s in enumerate(splits[split].get("shards", [])):

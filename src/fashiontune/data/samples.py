@@ -15,7 +15,7 @@ import json
 import struct
 import tarfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -89,6 +89,43 @@ def iter_tar(path: str | Path) -> Iterator[dict]:
         raise _error(url, f"the tar is cut short or garbled at byte {end}, the member after {last!r}")
     if sample is not None:
         yield sample
+
+
+class ShardRef(Protocol):
+    path: Path
+    count: int  # samples the manifest lists for this shard
+
+
+def iter_range(shards: Sequence[ShardRef], lo: int, hi: int) -> Iterator[tuple[int, dict]]:
+    """(position, sample) for positions lo..hi-1 of `shards` read one after another in the given order,
+    opening only the shards that hold them: the one reader of the training stream and the eval embedder.
+
+    The one count check: a shard read to its end must hold exactly the count manifest.json lists for it, and
+    one that holds more is caught as soon as the extra sample is read; either is a ShardDataError naming it."""
+    start = 0
+    for sh in shards:
+        end = start + sh.count
+        if end > lo and start < hi:
+            yield from _shard_range(sh, start, lo, hi)
+        start = end
+        if start >= hi:
+            return
+
+
+def _shard_range(sh: ShardRef, start: int, lo: int, hi: int) -> Iterator[tuple[int, dict]]:
+    seen = 0
+    for seen, sample in enumerate(iter_tar(sh.path), 1):
+        if seen > sh.count:
+            break
+        pos = start + seen - 1
+        if pos >= hi:
+            return  # stopped inside the shard: the rest is another reader's
+        if pos >= lo:
+            yield pos, sample
+    if seen != sh.count:
+        holds = "more" if seen > sh.count else str(seen)
+        raise _error(sh.path, f"manifest.json says {sh.count} samples, the tar holds {holds} (the shards changed "
+                              "after the build)")
 
 
 def where(sample: dict) -> str:

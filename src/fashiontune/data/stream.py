@@ -24,7 +24,7 @@ from fashiontune.data.config import EpochMode
 from fashiontune.data.labels import LabelEncoder
 from fashiontune.data.manifest import ShardInfo
 from fashiontune.data.plan import rng_for, shard_order, slot_range
-from fashiontune.data.samples import ShardDataError, decode_rgb, fix_hint, iter_tar, sample_caption, sample_meta
+from fashiontune.data.samples import decode_rgb, iter_range, iter_tar, sample_caption, sample_meta
 
 
 def sample_seed(seed: int, epoch: int, key: str) -> int:
@@ -79,6 +79,7 @@ class Collator:
             "labels": meta.get("labels", {}),
             "key": sample["__key__"],
             "group_id": str(meta.get("group_id", sample["__key__"])),
+            "index": sample.get("__index__", -1),
         }
 
     def __call__(self, items: Sequence[dict], valid: bool = True) -> dict[str, Any]:
@@ -88,6 +89,7 @@ class Collator:
             "labels": {f: enc.encode([it["labels"].get(f) for it in items]) for f, enc in self.encoders.items()},
             "key": [it["key"] for it in items],
             "group_id": [it["group_id"] for it in items],
+            "index": [it["index"] for it in items],  # exact epochs: the sample's position (evaluation orders by it)
             "caption": captions,
             "valid": torch.full((len(items),), valid, dtype=torch.bool),
         }
@@ -121,29 +123,9 @@ class ShardStream(IterableDataset):
         order = [self.shards[i] for i in shard_order(len(self.shards), self.seed, self.epoch, self.shuffle_shards)]
         total = sum(s.count for s in order)
         lo, hi = slot_range(total, self.rank * self.workers + worker, self.world_size * self.workers)
-        start = 0
-        for shard in order:
-            end = start + shard.count
-            if end > lo and start < hi:
-                seen, ok = 0, True
-                for seen, sample in enumerate(iter_tar(shard.path), 1):
-                    if seen > shard.count:
-                        ok = False  # more samples than the manifest says
-                        break
-                    if start + seen - 1 >= hi:
-                        break
-                    if start + seen - 1 >= lo:
-                        yield sample
-                else:
-                    ok = seen == shard.count  # ran off the end: must have held exactly count samples
-                if not ok:
-                    raise ShardDataError(
-                        f"{shard.path}: holds a different number of samples than manifest.json says "
-                        f"({shard.count}): the shards changed after the build; {fix_hint(shard.path)}."
-                    )
-            start = end
-            if start >= hi:
-                return
+        for pos, sample in iter_range(order, lo, hi):
+            sample["__index__"] = pos  # position in this epoch's shard order (validation: the manifest's order)
+            yield sample
 
     def _resampled_samples(self, worker: int) -> Iterator[dict]:
         rng = rng_for("resample", self.seed, self.epoch, self.rank, worker)

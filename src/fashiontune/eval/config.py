@@ -1,20 +1,14 @@
 """Typed config of `fashiontune eval` (defaults <- configs/eval/<name>.yaml <- key=value overrides)."""
 
 # No `from __future__ import annotations`: fashiontune.config reads the field types to suggest valid keys.
-import enum
 import re
 from dataclasses import dataclass, field
 from typing import List
 
 from fashiontune.config import require
 from fashiontune.models import ModelConfig
-
-
-class Precision(str, enum.Enum):
-    auto = "auto"  # bf16 autocast on CUDA, fp32 on CPU (CPU bf16 is slow without AMX and changes numbers)
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"  # CUDA only
+from fashiontune.models.precision import Precision
+from fashiontune.models.prompts import TEMPLATE_HELP, template_ok
 
 
 @dataclass
@@ -47,8 +41,9 @@ class RetrievalConfig:
 class CategoryConfig:
     enabled: bool = True  # category-to-product P@K / MRR per label field (needs a text tower)
     ks: List[int] = field(default_factory=lambda: [1, 5, 10, 50])
-    # prompt templates, averaged per label value ({} = the value); the first is also used alone in plots
-    templates: List[str] = field(default_factory=lambda: ["a photo of a {}.", "a product photo of {}."])
+    # prompt templates, averaged per label value; the dialect of task.prompts (models/prompts.py): {label}
+    # (or {}) = the label text
+    templates: List[str] = field(default_factory=lambda: ["a photo of a {label}.", "a product photo of {label}."])
 
 
 @dataclass
@@ -99,10 +94,9 @@ class EvalConfig:
                 "use auto, cpu, cuda or cuda:N")
         c = self.category
         _check_ks(source, "category.ks", c.ks, c.enabled)
-        require(bool(c.templates), source, "category.templates", c.templates, "give at least one template with {}")
+        require(bool(c.templates), source, "category.templates", c.templates, "give at least one template with {label}")
         for i, t in enumerate(c.templates):
-            require(_formats(t), source, f"category.templates[{i}]", t,
-                    "a template must hold exactly one {} where the label goes (other braces doubled: {{ }})")
+            require(template_ok(t), source, f"category.templates[{i}]", t, TEMPLATE_HELP)
         cl = self.classification
         th = cl.multi_label_threshold
         require(th < 0 or 0 <= th <= 1, source, "classification.multi_label_threshold", th,
@@ -120,11 +114,3 @@ def _check_ks(source: str, key: str, ks: List[int], enabled: bool) -> None:
         require(bool(ks), source, key, ks, "list at least one cutoff K >= 1, e.g. [1, 5, 10]")
     bad = [k for k in ks if k < 1]
     require(not bad, source, key, ks, f"every K must be an integer >= 1 ({bad[0] if bad else ''} is not)")
-
-
-def _formats(template: str) -> bool:
-    """True when template.format(label) works and places the label once (what open_clip's classifier does)."""
-    try:
-        return template.format("\0").count("\0") == 1
-    except (IndexError, KeyError, ValueError):
-        return False

@@ -13,29 +13,20 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fashiontune.data.samples import ShardDataError, decode_rgb, fix_hint, iter_tar, sample_caption, sample_meta
+from fashiontune.data.manifest import ShardInfo, split_shards
+from fashiontune.data.samples import ShardDataError, decode_rgb, iter_range, sample_caption, sample_meta
+from fashiontune.models.precision import Precision
+from fashiontune.models.prompts import label_text, prompt_makers
 
 log = logging.getLogger(__name__)
-
-
-class ShardReadError(ShardDataError):
-    """Shards that do not match their manifest; the message names the shard and the fix."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    path: Path
-    count: int
-    offset: int  # global index of its first item in the split
 
 
 @dataclass
@@ -54,17 +45,9 @@ class Corpus:
         return len(self.keys)
 
 
-def split_shards(manifest: dict, shards_dir: Path, split: str) -> list[Shard]:
-    splits = manifest.get("splits", {})
-    if split not in splits:
-        raise ShardReadError(
-            f"{shards_dir / 'manifest.json'}: no split {split!r} (it has {sorted(splits)}); set data.split to one of them."
-        )
-    out, off = [], 0
-    for s in splits[split].get("shards", []):
-        out.append(Shard(shards_dir / s["name"], int(s["count"]), off))
-        off += int(s["count"])
-    return out
+def eval_shards(manifest: dict, shards_dir: Path, split: str) -> list[ShardInfo]:
+    """The split's shards in manifest order (the training loader's list, with the eval config's key)."""
+    return split_shards(manifest, split, shards_dir, key="data.split")
 
 
 def batch_range(total: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
@@ -72,22 +55,6 @@ def batch_range(total: int, batch_size: int, rank: int, world: int) -> tuple[int
     nb = -(-total // batch_size)
     b0, b1 = rank * nb // world, (rank + 1) * nb // world
     return min(total, b0 * batch_size), min(total, b1 * batch_size)
-
-
-def iter_samples(shards: Sequence[Shard], start: int, end: int) -> Iterator[tuple[int, dict]]:
-    """(global index, raw sample) for items start..end-1, opening only the shards that hold them."""
-    for sh in shards:
-        if sh.offset + sh.count <= start or sh.offset >= end:
-            continue
-        n = 0
-        for n, sample in enumerate(iter_tar(sh.path), 1):
-            g = sh.offset + n - 1
-            if g >= end:
-                return
-            if g >= start:
-                yield g, sample
-        if n != sh.count:
-            raise ShardReadError(f"{sh.path}: manifest.json says {sh.count} samples, the tar holds {n}; {fix_hint(sh.path)}.")
 
 
 def parse_sample(sample: dict) -> tuple[str, str, str, dict]:
@@ -108,14 +75,14 @@ class RangeBatches(IterableDataset):
         # worker w: a contiguous run of this rank's batches, so it opens only the shards that hold them
         w0, w1 = batch_range(self.end - self.start, self.bs, wid, nw)
         items: list = []
-        for g, sample in iter_samples(self.shards, self.start + w0, self.start + w1):
+        for g, sample in iter_range(self.shards, self.start + w0, self.start + w1):
             b = (g - self.start) // self.bs
             key, group, caption, labels = parse_sample(sample)
             items.append((g, key, group, caption, labels, self.transform(decode_rgb(sample))))
             if g + 1 == min(self.end, self.start + (b + 1) * self.bs):
                 yield self._collate(items)
                 items = []
-        if items:  # only reachable when the shards end early (caught by iter_samples' count check)
+        if items:  # only reachable when the shards end early (caught by iter_range's count check)
             yield self._collate(items)
 
     def _collate(self, items):
@@ -125,16 +92,6 @@ class RangeBatches(IterableDataset):
         if self.tokenizer is not None:
             out["text"] = self.tokenizer(list(caps))
         return out
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU.")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @torch.no_grad()
@@ -149,7 +106,7 @@ def embed_range(loaded, shards, start, end, batch_size, num_workers, device, pre
     for batch in dl:
         for k in ("index", "key", "group_id", "caption", "labels"):
             out[k].extend(batch[k])
-        with autocast(device, precision):
+        with Precision(precision).autocast(device):
             img = _image_features(loaded, batch["image"].to(device))
             txt = model.encode_text(batch["text"].to(device)) if has_text else None
         out["image"].append(img.float().cpu())
@@ -167,7 +124,7 @@ def embed_range(loaded, shards, start, end, batch_size, num_workers, device, pre
     if out["text"] is not None and len(order):
         out["text"] = out["text"][idx]
     if out["index"] != list(range(start, end)):
-        raise ShardReadError(f"rank range {start}:{end}: read {len(out['index'])} items out of order or incomplete")
+        raise ShardDataError(f"rank range {start}:{end}: read {len(out['index'])} items out of order or incomplete")
     return out
 
 
@@ -186,15 +143,16 @@ def _out_dim(loaded) -> int:
 @torch.no_grad()
 def embed_prompts(loaded, class_names: Sequence[str], templates: Sequence[str], device, precision) -> np.ndarray:
     """V x d label-prompt embeddings: open_clip's zero-shot classifier (mean of the normalised template
-    embeddings, renormalised), with labels written as the training tasks write them ("_" -> " ")."""
+    embeddings, renormalised), with the training tasks' prompt dialect and label text (models/prompts.py)."""
     import open_clip
 
     if not class_names:
         return np.zeros((0, _out_dim(loaded)), np.float32)
     model = loaded.model.to(device).eval()
-    names = [str(c).replace("_", " ").strip() for c in class_names]  # = fashiontune.tasks.base.label_text
-    with autocast(device, precision):
-        w = open_clip.build_zero_shot_classifier(model, loaded.tokenizer, names, list(templates), device=device)
+    names = [label_text(c) for c in class_names]
+    with Precision(precision).autocast(device):
+        w = open_clip.build_zero_shot_classifier(model, loaded.tokenizer, names, prompt_makers(templates),
+                                                 device=device)
     return torch.nn.functional.normalize(w.T.float(), dim=-1).cpu().numpy()
 
 

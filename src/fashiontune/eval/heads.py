@@ -8,14 +8,13 @@ heads.pt: "<key>.weight"/"<key>.bias" (linear: logits = W f + b), or "<key>.emb"
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-LOG_SCALE_MAX = math.log(100)  # CLIP's cap on the logit scale, as in training
+from fashiontune.models.prompts import LOG_SCALE_MAX
 
 
 def load_export_heads(export_dir: Path | None) -> tuple[dict, dict] | None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fashiontune.config import config_hash, save_config, to_dict
+from fashiontune.data.samples import ShardDataError, decode_rgb, iter_range
 from fashiontune.eval import embed as E
 from fashiontune.eval.config import EvalConfig
 from fashiontune.eval.heads import head_logits, load_export_heads
@@ -22,6 +23,7 @@ from fashiontune.eval.plots import confusion_png, topk_grid_png
 from fashiontune.eval.report import format_table
 from fashiontune.metrics.classification import multi_label_report, single_label_report, tune_threshold
 from fashiontune.metrics.retrieval import category_metrics, rank_metrics, retrieval_ranks
+from fashiontune.shards.errors import ManifestError
 from fashiontune.shards.manifest import load_manifest
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def _fields(cfg: EvalConfig, manifest: dict) -> dict[str, dict]:
     names = cfg.data.label_fields or sorted(labels)
     unknown = [f for f in names if f not in labels]
     if unknown:
-        raise E.ShardReadError(
+        raise ManifestError(
             f"{cfg.data.shards}/manifest.json has no label field(s) {unknown}; it has {sorted(labels)}. "
             "Fix data.label_fields (empty = all)."
         )
@@ -55,7 +57,7 @@ def _embed(cfg: EvalConfig, manifest: dict, fields: dict, state) -> E.Corpus:
     from fashiontune.eval.model import load_eval_model
 
     shards_dir = Path(cfg.data.shards)
-    shards = E.split_shards(manifest, shards_dir, cfg.data.split)
+    shards = E.eval_shards(manifest, shards_dir, cfg.data.split)
     total = int(manifest["splits"][cfg.data.split]["count"])
     torch.manual_seed(cfg.seed)  # random-init models: every rank (and every run) builds the same weights
     loaded, _ = load_eval_model(cfg.model)
@@ -66,9 +68,9 @@ def _embed(cfg: EvalConfig, manifest: dict, fields: dict, state) -> E.Corpus:
     merged = E.gather_ranks(local, state)
     n = len(merged["key"])
     if n != total or merged["index"] != list(range(total)):
-        raise E.ShardReadError(f"embedded {n} items of split {cfg.data.split!r}, manifest.json says {total}")
+        raise ShardDataError(f"embedded {n} items of split {cfg.data.split!r}, manifest.json says {total}")
     if len(set(merged["key"])) != n:
-        raise E.ShardReadError(f"{shards_dir}: duplicate __key__ values in split {cfg.data.split!r}; rebuild the shards.")
+        raise ShardDataError(f"{shards_dir}: duplicate __key__ values in split {cfg.data.split!r}; rebuild the shards.")
     prompts = {}
     has_text = merged["text"] is not None
     if has_text and state.is_main_process and (cfg.category.enabled or cfg.classification.zero_shot):
@@ -101,7 +103,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     cache_dir = out / "embeddings"
     # inputs first (manifest, split, label fields, model files): a mistake there leaves no output directory
     manifest = load_manifest(Path(cfg.data.shards))
-    E.split_shards(manifest, Path(cfg.data.shards), cfg.data.split)
+    E.eval_shards(manifest, Path(cfg.data.shards), cfg.data.split)
     fields = _fields(cfg, manifest)
     from fashiontune.eval.model import fingerprint
 
@@ -221,20 +223,12 @@ def _grid(cfg: EvalConfig, corpus: E.Corpus, topk: torch.Tensor, path: Path) -> 
     qs = sorted({pool[int(i)] for i in np.linspace(0, len(pool) - 1, min(cfg.plots.grid_queries, len(pool)))})
     k = min(cfg.plots.grid_k, topk.shape[1])
     want = {int(j) for q in qs for j in topk[q, :k]}
-    manifest = load_manifest(Path(cfg.data.shards))
-    shards = E.split_shards(manifest, Path(cfg.data.shards), cfg.data.split)
+    shards = E.eval_shards(load_manifest(Path(cfg.data.shards)), Path(cfg.data.shards), cfg.data.split)
     images = {}
-    from PIL import Image
-    import io
-
-    for sh in shards:
-        if not any(sh.offset <= j < sh.offset + sh.count for j in want):
-            continue
-        for g, sample in E.iter_samples([sh], sh.offset, sh.offset + sh.count):
-            if g in want:
-                with Image.open(io.BytesIO(sample["jpg"])) as im:
-                    images[g] = im.convert("RGB").copy()
-                    images[g].thumbnail((128, 128))
+    for g, sample in iter_range(shards, min(want), max(want) + 1):  # opens only the shards in that range
+        if g in want:
+            images[g] = decode_rgb(sample)
+            images[g].thumbnail((128, 128))
     rows = []
     for q in qs:
         hits = []

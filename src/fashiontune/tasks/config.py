@@ -51,7 +51,7 @@ class FreezeConfig:
 
 @dataclass
 class PromptConfig:
-    # "{label}" (or "{}") is replaced by the label text (underscores become spaces).
+    # one dialect with the eval job (models/prompts.py): {label} (or {}) = the label text, underscores as spaces
     templates: List[str] = _field(default_factory=lambda: ["a photo of a {label}."])
     template_set: str = ""  # "", "openai" (open_clip's 80 ImageNet templates) or "simple" (its short list)
     text_mode: TextMode = TextMode.frozen
@@ -108,9 +108,10 @@ class TaskConfig:
                 "use one of '', 'openai', 'simple'")
         require(bool(p.templates) or bool(p.template_set), source, "task.prompts.templates", p.templates,
                 "give at least one template such as 'a photo of a {label}.', or name a template_set")
+        from fashiontune.models.prompts import TEMPLATE_HELP, template_ok
+
         for i, t in enumerate(p.templates):
-            require("{label}" in t or "{}" in t, source, f"task.prompts.templates[{i}]", t,
-                    "a template must contain {label} (or {}) where the label goes")
+            require(template_ok(t), source, f"task.prompts.templates[{i}]", t, TEMPLATE_HELP)
         m = self.multilabel
         require(m.max_pos_weight >= 1, source, "task.multilabel.max_pos_weight", m.max_pos_weight, "set a value >= 1")
         require(m.focal_alpha < 0 or 0 <= m.focal_alpha <= 1, source, "task.multilabel.focal_alpha", m.focal_alpha,

@@ -42,15 +42,22 @@ def multi_label(y_true: np.ndarray, probs: np.ndarray, threshold: float) -> dict
 
 
 def retrieval(img: torch.Tensor, txt: torch.Tensor, groups: Sequence[str] | None,
-              captions: Sequence[str] | None = None, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
+              captions: Sequence[str] | None = None, ks: Sequence[int] = RETRIEVAL_KS,
+              order: Sequence[int] | None = None) -> dict[str, float]:
     """Hit-rate R@K both ways over normalised embeddings (metrics.retrieval's relevance and tie rule): a hit
     is any item of the same group or with the same non-empty caption. groups None: each item its own group;
-    captions None: no caption matches."""
+    captions None: no caption matches. order: each row's position in the split (the batches' "index"); when
+    every row has one, rows are scored in that order, the eval job's item order, so that tied scores go to
+    the same item whatever the ranks and workers that read the split."""
     n = img.shape[0]
     if n == 0:
         return {}
     groups = [str(i) for i in range(n)] if groups is None else list(groups)
     captions = [""] * n if captions is None else list(captions)
+    if order is not None and len(order) == n and min(order) >= 0:
+        perm = sorted(range(n), key=list(order).__getitem__)
+        img, txt = img[perm], txt[perm]
+        groups, captions = [groups[i] for i in perm], [captions[i] for i in perm]
     ranks = retrieval_ranks(img, txt, groups, captions, k=max(ks))
     out: dict[str, float] = {}
     for d in ("i2t", "t2i"):
