@@ -1,5 +1,6 @@
 """Evaluation: full-corpus retrieval (exact chunked top-K), category-to-product precision, classification.
 
-Library entry point: `fashiontune.eval.run.run_eval(EvalConfig) -> dict`; metrics core in topk.py,
-retrieval.py and classification.py (pure torch / numpy, usable on any embeddings).
+Library entry point: `fashiontune.eval.run.run_eval(EvalConfig) -> dict`. The metrics themselves live in
+fashiontune.metrics (shared with training-time validation, usable on any embeddings); this package embeds a
+split (embed.py, through data/samples.py's shard reader), applies exported heads (heads.py) and reports.
 """
