@@ -13,6 +13,7 @@ import math
 from typing import Callable, Sequence
 
 LOG_SCALE_MAX = math.log(100)  # CLIP's cap on the logit scale (exp -> 100), in training and when scoring heads
+TEMPLATE_SETS = ("", "openai", "simple")  # none, open_clip's 80 ImageNet templates, its short list
 TEMPLATE_HELP = "a template must hold exactly one {label} (or {}) where the label goes; double any other brace: {{ }}"
 
 
@@ -40,8 +41,8 @@ def prompt_makers(templates: Sequence[str], template_set: str = "") -> list[Call
     import open_clip
 
     sets = {"": [], "openai": list(open_clip.OPENAI_IMAGENET_TEMPLATES), "simple": list(open_clip.SIMPLE_IMAGENET_TEMPLATES)}
-    if template_set not in sets:
-        raise ValueError(f"template_set={template_set!r}: use one of {sorted(sets)}")
+    if template_set not in TEMPLATE_SETS:
+        raise ValueError(f"template_set={template_set!r}: use one of {list(TEMPLATE_SETS)}")
     for t in templates:
         if not template_ok(t):
             raise ValueError(f"templates={t!r}: {TEMPLATE_HELP}")

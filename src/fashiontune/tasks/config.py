@@ -8,6 +8,7 @@ from dataclasses import field as _field
 from typing import List
 
 from fashiontune.metrics.classification import TUNE_METRICS  # what tune_threshold can maximise
+from fashiontune.models.prompts import TEMPLATE_HELP, TEMPLATE_SETS, template_ok
 
 
 class TaskName(str, enum.Enum):
@@ -108,8 +109,6 @@ class TaskConfig:
                 "use one of '', 'openai', 'simple'")
         require(bool(p.templates) or bool(p.template_set), source, "task.prompts.templates", p.templates,
                 "give at least one template such as 'a photo of a {label}.', or name a template_set")
-        from fashiontune.models.prompts import TEMPLATE_HELP, template_ok
-
         for i, t in enumerate(p.templates):
             require(template_ok(t), source, f"task.prompts.templates[{i}]", t, TEMPLATE_HELP)
         m = self.multilabel
@@ -123,4 +122,3 @@ class TaskConfig:
         return self
 
 
-TEMPLATE_SETS = ("", "openai", "simple")  # open_clip's template lists (tasks/base.py expand_templates)
