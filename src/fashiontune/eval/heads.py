@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from fashiontune.models.prompts import LOG_SCALE_MAX
+from fashiontune.models.prompts import LOG_SCALE_MAX, prompt_logits
 
 
 def load_export_heads(export_dir: Path | None) -> tuple[dict, dict] | None:
@@ -33,10 +32,9 @@ def head_logits(heads: dict, spec: dict, feats: np.ndarray) -> np.ndarray:
         w, b = heads[f"{key}.weight"].float(), heads.get(f"{key}.bias")
         out = f @ w.T + (b.float() if b is not None else 0.0)
     elif f"{key}.emb" in heads:
-        scale = heads.get(f"{key}.logit_scale", torch.tensor(LOG_SCALE_MAX)).float().clamp(max=LOG_SCALE_MAX).exp()
-        out = scale * F.normalize(f, dim=-1) @ F.normalize(heads[f"{key}.emb"].float(), dim=-1).T
-        if f"{key}.logit_bias" in heads:
-            out = out + heads[f"{key}.logit_bias"].float()
+        bias = heads.get(f"{key}.logit_bias")
+        out = prompt_logits(f, heads[f"{key}.emb"].float(), heads.get(f"{key}.logit_scale", torch.tensor(LOG_SCALE_MAX)).float(),
+                            None if bias is None else bias.float())
     else:
         raise KeyError(f"heads.pt has no weights for field key {key!r} (keys: {sorted(heads)[:8]}...)")
     return out.numpy()

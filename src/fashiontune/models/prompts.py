@@ -10,7 +10,10 @@ form of CLIP-style template lists, and what `fashiontune eval` used to take). An
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
 
 LOG_SCALE_MAX = math.log(100)  # CLIP's cap on the logit scale (exp -> 100), in training and when scoring heads
 TEMPLATE_SETS = ("", "openai", "simple")  # none, open_clip's 80 ImageNet templates, its short list
@@ -47,3 +50,12 @@ def prompt_makers(templates: Sequence[str], template_set: str = "") -> list[Call
         if not template_ok(t):
             raise ValueError(f"templates={t!r}: {TEMPLATE_HELP}")
     return [(lambda c, t=t: format_prompt(t, c)) for t in templates] + sets[template_set]
+
+
+def prompt_logits(feats: torch.Tensor, label_emb: torch.Tensor, log_scale: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A label-prompt head: exp(min(log_scale, LOG_SCALE_MAX)) * cos(features, label embeddings) [+ bias].
+    The trained head (tasks/heads.py PromptHead) and the eval job's scoring of its export use this one formula."""
+    cos = F.normalize(feats, dim=-1) @ F.normalize(label_emb, dim=-1).T.to(feats.dtype)
+    logits = log_scale.clamp(max=LOG_SCALE_MAX).exp() * cos
+    return logits if bias is None else logits + bias

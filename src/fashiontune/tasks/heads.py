@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from ..models import LoadedModel, StageFreezer, export_model, save_heads
-from ..models.prompts import LOG_SCALE_MAX, label_text
+from ..models.prompts import label_text, prompt_logits
 from . import metrics as M
 from .base import (
     FieldSpec,
@@ -71,8 +71,7 @@ class PromptHead(nn.Module):
         if self.mode == TextMode.tower and not self.training:
             # what export writes under ZeRO-3, where the text tower cannot be run outside a collective forward
             self.last_label_emb = w.detach().float().cpu()
-        logits = self.logit_scale.clamp(max=LOG_SCALE_MAX).exp() * F.normalize(feats, dim=-1) @ w.T.to(feats.dtype)
-        return logits if self.logit_bias is None else logits + self.logit_bias
+        return prompt_logits(feats, w, self.logit_scale, self.logit_bias)
 
 
 def head_key(field: str) -> str:
