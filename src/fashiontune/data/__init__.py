@@ -41,8 +41,9 @@ Throughput: `measure_loader_throughput(loader)` (samples/s of the loader alone, 
 shell `python -m fashiontune.data SHARDS --model ft-tiny-vit --workers 0 2 [batch_size=64 ...]`.
 
 Resume: the position is (epoch, batches of that epoch already yielded).
-    state = loader.state_dict()            # save with the checkpoint: {"epoch", "batches", "plan"}
-    loader.load_state_dict(state)          # on resume (or make_loader(..., epoch=e, skip_batches=k))
+    state = loader.position()              # save with the checkpoint: {"epoch", "batches", "plan"}, a used-up
+                                           # epoch as the next one's start (state_dict() keeps it as is)
+    loader.load_state_dict(state)          # on resume
     for epoch in range(loader.epoch, n_epochs):
         loader.set_epoch(epoch)            # keeps the loaded position when epoch == the saved one
         for batch in loader: ...           # continues with exactly the batch the interrupted run would have read

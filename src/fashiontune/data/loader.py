@@ -177,18 +177,14 @@ def make_loader(
     fields: Sequence[str] | None = None,
     rank: int = 0,
     world_size: int = 1,
-    epoch: int = 0,
-    skip_batches: int = 0,
     manifest: dict | None = None,
 ) -> ShardLoader:
-    """A loader for `split` (default: cfg.train_split if train else cfg.val_split) positioned at
-    (epoch, skip_batches)."""
-    loader = ShardLoader(
+    """A loader for `split` (default: cfg.train_split if train else cfg.val_split) at the start of epoch 0;
+    `load_state_dict` positions it elsewhere."""
+    return ShardLoader(
         cfg, split=split or (cfg.train_split if train else cfg.val_split), train=train, transform=transform,
         tokenizer=tokenizer, fields=fields, rank=rank, world_size=world_size, manifest=manifest,
     )
-    loader.load_state_dict({"epoch": epoch, "batches": skip_batches})
-    return loader
 
 
 def to_device(batch: dict, device: torch.device | str, non_blocking: bool = True) -> dict:
