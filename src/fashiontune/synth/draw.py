@@ -272,95 +272,120 @@ def _arm(side: int, frac: float, width: float = 0.06) -> Poly:
             (tx - side * width * 0.5, ty)]
 
 
-def figure(o: Outfit, w: int, h: int, rng: random.Random, view: str = "front") -> tuple[Image.Image, dict[str, np.ndarray]]:
-    """Draw the figure; return the RGB image and visible masks per part name (z-order respected)."""
-    squeeze = 0.78 if view == "side" else 1.0
-    zoom = 1.12 if view == "additional" else 0.94 if view == "full" else 1.0
-    dx = rng.uniform(-0.03, 0.03)
+class _Layers:
+    """Garment layers in z-order: each placed for the view (squeeze, zoom, shift) as it is added."""
 
-    def place(p: Poly) -> Poly:
-        return [(0.5 + (x - 0.5) * squeeze * zoom + dx, 0.5 + (y - 0.5) * zoom) for x, y in p]
+    def __init__(self, view: str, w: int, h: int, rng: random.Random):
+        self.squeeze = 0.78 if view == "side" else 1.0
+        self.zoom = 1.12 if view == "additional" else 0.94 if view == "full" else 1.0
+        self.dx = rng.uniform(-0.03, 0.03)
+        self.w, self.h, self.rng = w, h, rng
+        self.items: list[tuple[str, list[Poly], list, np.ndarray | RGB]] = []  # name, polys, ellipses, fill
 
-    def place_e(e: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-        (x0, y0), (x1, y1) = place([(e[0], e[1]), (e[2], e[3])])
+    def place(self, p: Poly) -> Poly:
+        return [(0.5 + (x - 0.5) * self.squeeze * self.zoom + self.dx, 0.5 + (y - 0.5) * self.zoom) for x, y in p]
+
+    def place_e(self, e: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        (x0, y0), (x1, y1) = self.place([(e[0], e[1]), (e[2], e[3])])
         return (x0, y0, x1, y1)
 
-    layers: list[tuple[str, list[Poly], list, np.ndarray | RGB]] = []  # name, polys, ellipses, fill
+    def add(self, name: str, polys: list[Poly], fill, ells=()) -> None:
+        self.items.append((name, [self.place(p) for p in polys], [self.place_e(e) for e in ells], fill))
 
-    def add(name: str, polys: list[Poly], fill, ells=()) -> None:
-        layers.append((name, [place(p) for p in polys], [place_e(e) for e in ells], fill))
+    def tex(self, colour, pattern, fabric) -> np.ndarray:
+        return texture(self.w, self.h, colour, pattern, self.rng, fabric)
 
-    tex = lambda c, p, f: texture(w, h, c, p, rng, f)  # noqa: E731
-    # body
+
+def _body(L: _Layers, o: Outfit) -> None:
     legs = [_rect(0.38, 0.50, 0.48, 0.95), _rect(0.52, 0.50, 0.62, 0.95)]
-    add("skin_legs", legs, SKIN)
-    add("skin_body", [_rect(0.35, 0.18, 0.65, 0.55), _rect(0.46, 0.14, 0.54, 0.2), _arm(-1, 1.0), _arm(1, 1.0)],
-        SKIN, [(0.43, 0.03, 0.57, 0.16)])
-    add("hair", [], (60, 40, 25), [(0.43, 0.02, 0.57, 0.08)])
+    L.add("skin_legs", legs, SKIN)
+    L.add("skin_body", [_rect(0.35, 0.18, 0.65, 0.55), _rect(0.46, 0.14, 0.54, 0.2), _arm(-1, 1.0), _arm(1, 1.0)],
+          SKIN, [(0.43, 0.03, 0.57, 0.16)])
+    L.add("hair", [], (60, 40, 25), [(0.43, 0.02, 0.57, 0.08)])
     if o.socks == "leggings":
-        add("leggings", legs, (35, 35, 40))
+        L.add("leggings", legs, (35, 35, 40))
     elif o.socks == "socks":
-        add("socks", [_rect(0.38, 0.86, 0.48, 0.95), _rect(0.52, 0.86, 0.62, 0.95)], (245, 245, 245))
+        L.add("socks", [_rect(0.38, 0.86, 0.48, 0.95), _rect(0.52, 0.86, 0.62, 0.95)], (245, 245, 245))
     if o.shoes:
-        add("shoe_left", [[(0.37, 0.93), (0.49, 0.93), (0.49, 0.975), (0.33, 0.975)]], (40, 30, 25))
-        add("shoe_right", [[(0.51, 0.93), (0.63, 0.93), (0.67, 0.975), (0.51, 0.975)]], (40, 30, 25))
-    hem = LOWER_HEM[o.lower_len]
+        L.add("shoe_left", [[(0.37, 0.93), (0.49, 0.93), (0.49, 0.975), (0.33, 0.975)]], (40, 30, 25))
+        L.add("shoe_right", [[(0.51, 0.93), (0.63, 0.93), (0.67, 0.975), (0.51, 0.975)]], (40, 30, 25))
+
+
+def _lower(L: _Layers, o: Outfit, hem: float) -> None:
     if o.lower == "trousers":
-        add("lower", [[(0.34, 0.47), (0.66, 0.47), (0.64, hem), (0.515, hem), (0.5, 0.58), (0.485, hem),
-                       (0.36, hem)]], tex(o.lower_colour, o.lower_pattern, o.lower_fabric))
+        L.add("lower", [[(0.34, 0.47), (0.66, 0.47), (0.64, hem), (0.515, hem), (0.5, 0.58), (0.485, hem),
+                         (0.36, hem)]], L.tex(o.lower_colour, o.lower_pattern, o.lower_fabric))
     elif o.lower == "shorts":
-        add("lower", [[(0.34, 0.47), (0.66, 0.47), (0.67, hem), (0.515, hem), (0.5, 0.56), (0.485, hem),
-                       (0.33, hem)]], tex(o.lower_colour, o.lower_pattern, o.lower_fabric))
+        L.add("lower", [[(0.34, 0.47), (0.66, 0.47), (0.67, hem), (0.515, hem), (0.5, 0.56), (0.485, hem),
+                         (0.33, hem)]], L.tex(o.lower_colour, o.lower_pattern, o.lower_fabric))
     elif o.lower == "skirt":
         flare = 0.06 + 0.25 * (hem - 0.5)
-        add("lower", [[(0.35, 0.47), (0.65, 0.47), (0.65 + flare, hem), (0.35 - flare, hem)]],
-            tex(o.lower_colour, o.lower_pattern, o.lower_fabric))
-    utex = tex(o.upper_colour, o.upper_pattern, o.upper_fabric)
-    if o.upper != "none":
-        top_hem = 0.52 if o.covers_navel else 0.40
-        torso = [(0.33, 0.20), (0.42, 0.17), (0.58, 0.17), (0.67, 0.20), (0.66, top_hem), (0.34, top_hem)]
-        polys = [torso]
-        if o.upper == "dress":
-            flare = 0.06 + 0.25 * (hem - 0.5)
-            polys.append([(0.35, 0.44), (0.65, 0.44), (0.65 + flare, hem), (0.35 - flare, hem)])
-        add("upper", polys, utex)
-        f = SLEEVE_ARM[o.sleeve]
-        if f > 0:
-            add("sleeve_left", [_arm(-1, f, 0.075)], utex)
-            add("sleeve_right", [_arm(1, f, 0.075)], utex)
-        neck = {
-            "v": ([[(0.44, 0.17), (0.56, 0.17), (0.5, 0.26)]], []),
-            "square": ([_rect(0.44, 0.165, 0.56, 0.23)], []),
-            "round": ([], [(0.44, 0.14, 0.56, 0.22)]),
-            "suspenders": ([_rect(0.38, 0.165, 0.62, 0.26)], []),
-        }.get(o.neckline)
-        if neck:
-            add("neck_skin", neck[0], SKIN, neck[1])
-        if o.neckline == "standing":
-            add("collar", [_rect(0.44, 0.13, 0.56, 0.18)], trim_of(o.upper_colour))
-        elif o.neckline == "lapel":
-            add("collar", [[(0.43, 0.17), (0.5, 0.30), (0.47, 0.17)], [(0.57, 0.17), (0.5, 0.30), (0.53, 0.17)]],
-                trim_of(o.upper_colour))
+        L.add("lower", [[(0.35, 0.47), (0.65, 0.47), (0.65 + flare, hem), (0.35 - flare, hem)]],
+              L.tex(o.lower_colour, o.lower_pattern, o.lower_fabric))
+
+
+def _upper(L: _Layers, o: Outfit, hem: float) -> None:
+    utex = L.tex(o.upper_colour, o.upper_pattern, o.upper_fabric)  # drawn even for "none": keeps the rng stream
+    if o.upper == "none":
+        return
+    top_hem = 0.52 if o.covers_navel else 0.40
+    polys = [[(0.33, 0.20), (0.42, 0.17), (0.58, 0.17), (0.67, 0.20), (0.66, top_hem), (0.34, top_hem)]]
+    if o.upper == "dress":
+        flare = 0.06 + 0.25 * (hem - 0.5)
+        polys.append([(0.35, 0.44), (0.65, 0.44), (0.65 + flare, hem), (0.35 - flare, hem)])
+    L.add("upper", polys, utex)
+    f = SLEEVE_ARM[o.sleeve]
+    if f > 0:
+        L.add("sleeve_left", [_arm(-1, f, 0.075)], utex)
+        L.add("sleeve_right", [_arm(1, f, 0.075)], utex)
+    neck = {
+        "v": ([[(0.44, 0.17), (0.56, 0.17), (0.5, 0.26)]], []),
+        "square": ([_rect(0.44, 0.165, 0.56, 0.23)], []),
+        "round": ([], [(0.44, 0.14, 0.56, 0.22)]),
+        "suspenders": ([_rect(0.38, 0.165, 0.62, 0.26)], []),
+    }.get(o.neckline)
+    if neck:
+        L.add("neck_skin", neck[0], SKIN, neck[1])
+    if o.neckline == "standing":
+        L.add("collar", [_rect(0.44, 0.13, 0.56, 0.18)], trim_of(o.upper_colour))
+    elif o.neckline == "lapel":
+        L.add("collar", [[(0.43, 0.17), (0.5, 0.30), (0.47, 0.17)], [(0.57, 0.17), (0.5, 0.30), (0.53, 0.17)]],
+              trim_of(o.upper_colour))
+
+
+def _accessories(L: _Layers, o: Outfit) -> None:
     if o.outer:
-        otex = tex(o.outer_colour, o.outer_pattern, o.outer_fabric)
-        add("outer", [[(0.32, 0.20), (0.42, 0.16), (0.45, 0.16), (0.45, 0.54), (0.32, 0.54)],
-                      [(0.68, 0.20), (0.58, 0.16), (0.55, 0.16), (0.55, 0.54), (0.68, 0.54)],
-                      _arm(-1, 1.0, 0.08), _arm(1, 1.0, 0.08)], otex)
+        otex = L.tex(o.outer_colour, o.outer_pattern, o.outer_fabric)
+        L.add("outer", [[(0.32, 0.20), (0.42, 0.16), (0.45, 0.16), (0.45, 0.54), (0.32, 0.54)],
+                        [(0.68, 0.20), (0.58, 0.16), (0.55, 0.16), (0.55, 0.54), (0.68, 0.54)],
+                        _arm(-1, 1.0, 0.08), _arm(1, 1.0, 0.08)], otex)
     if o.belt:
-        add("belt", [_rect(0.34, 0.46, 0.66, 0.49)], (30, 22, 18))
+        L.add("belt", [_rect(0.34, 0.46, 0.66, 0.49)], (30, 22, 18))
     if o.neckwear:
-        add("neckwear", [_rect(0.43, 0.15, 0.57, 0.19), _rect(0.48, 0.19, 0.53, 0.33)], (200, 40, 120))
+        L.add("neckwear", [_rect(0.43, 0.15, 0.57, 0.19), _rect(0.48, 0.19, 0.53, 0.33)], (200, 40, 120))
     if o.wrist:
-        add("wrist", [_rect(0.21, 0.51, 0.27, 0.53), _rect(0.73, 0.51, 0.79, 0.53)], (200, 180, 40))
+        L.add("wrist", [_rect(0.21, 0.51, 0.27, 0.53), _rect(0.73, 0.51, 0.79, 0.53)], (200, 180, 40))
     if o.ring:
-        add("ring", [_rect(0.21, 0.575, 0.23, 0.585)], (230, 200, 60))
+        L.add("ring", [_rect(0.21, 0.575, 0.23, 0.585)], (230, 200, 60))
     if o.hat:
-        add("hat", [_rect(0.42, 0.0, 0.58, 0.055), _rect(0.37, 0.045, 0.63, 0.065)], (90, 60, 140))
+        L.add("hat", [_rect(0.42, 0.0, 0.58, 0.055), _rect(0.37, 0.045, 0.63, 0.065)], (90, 60, 140))
     if o.glasses != "no":
-        add("glasses", [_rect(0.44, 0.085, 0.56, 0.105)], (10, 10, 10) if o.glasses == "sunglasses" else (120, 120, 130))
+        L.add("glasses", [_rect(0.44, 0.085, 0.56, 0.105)],
+              (10, 10, 10) if o.glasses == "sunglasses" else (120, 120, 130))
     if o.bag:
-        add("bag", [_rect(0.72, 0.50, 0.90, 0.68), _rect(0.76, 0.44, 0.78, 0.50), _rect(0.84, 0.44, 0.86, 0.50)],
-            o.bag_colour)
+        L.add("bag", [_rect(0.72, 0.50, 0.90, 0.68), _rect(0.76, 0.44, 0.78, 0.50), _rect(0.84, 0.44, 0.86, 0.50)],
+              o.bag_colour)
+
+
+def figure(o: Outfit, w: int, h: int, rng: random.Random, view: str = "front") -> tuple[Image.Image, dict[str, np.ndarray]]:
+    """Draw the figure; return the RGB image and visible masks per part name (z-order respected)."""
+    L = _Layers(view, w, h, rng)
+    hem = LOWER_HEM[o.lower_len]
+    _body(L, o)
+    _lower(L, o, hem)
+    _upper(L, o, hem)
+    _accessories(L, o)
+    layers = L.items
 
     canvas = np.empty((h, w, 3), np.uint8)
     canvas[:] = jitter(BACKGROUND, rng, 4)
