@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return 3
     from fashiontune.launch.registry import get
 
-    last = "shards-merge" if args.job == "shards" and len(sub.jobs) > 1 else args.job
+    spec = get(args.job)
+    last = spec.array.merge if sub.is_array else args.job
     print(f"done in {time.monotonic() - t0:.1f} s; run dir {sub.run_dir}")
     print(get(last).summarize(sub_mod.main_result(results)))
     return 0

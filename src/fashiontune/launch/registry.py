@@ -19,6 +19,18 @@ class JobNotAvailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ArraySpec:
+    """A job that runs as N independent single-process tasks when its config asks for N > 1, then one merge
+    job over their outputs (on SLURM: a job array plus a dependent job). Submit reads this; it knows no job."""
+
+    size_key: str  # config attribute: number of tasks
+    index_key: str  # config attribute set to each task's index
+    merge: str  # registered job run once every task succeeded, with the run dir as its argument
+    task_label: str = ""  # "module:function"(config, run_dir, index) -> what a task covers, for failure messages
+    rerun_hint: str = ""  # said after a failed array: what resubmitting does
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     target: str  # "module:function", called as function(config)
@@ -27,6 +39,19 @@ class JobSpec:
     distributed: bool = True  # False: one process per task whatever the cluster config says
     help: str = ""
     summary: str = ""  # "module:function" turning rank 0's result into a short text for the terminal
+    array: Optional[ArraySpec] = None  # set for jobs that may run as an array of tasks plus a merge
+
+    def array_size(self, cfg: Any) -> int:
+        """Tasks this config asks for: > 1 means an array (then a merge)."""
+        return int(getattr(cfg, self.array.size_key, 1) or 1) if self.array else 1
+
+    def task_label(self, cfg: Any, run_dir: Path, index: int) -> str:
+        if not (self.array and self.array.task_label):
+            return ""
+        try:
+            return str(_resolve(self.array.task_label, self.name)(cfg, run_dir, index))
+        except Exception:  # a label must never hide the failure it describes
+            return ""
 
     def function(self) -> Callable[[Any], Any]:
         return _resolve(self.target, self.name)
@@ -91,7 +116,9 @@ def get(name: str) -> JobSpec:
 # preemption-requeue on a new cluster in seconds (and is what the launch tests run first).
 register(JobSpec("shards", "fashiontune.shards.build:build_shards", "fashiontune.shards.config:ShardBuildConfig",
                  "out", distributed=False, help="build WebDataset shards as a job array, then merge",
-                 summary="fashiontune.shards.build:summary"))
+                 summary="fashiontune.shards.build:summary",
+                 array=ArraySpec("num_jobs", "job_index", "shards-merge", "fashiontune.shards.build:task_range",
+                                 "Resubmit the same command to redo only what is missing.")))
 register(JobSpec("shards-merge", "fashiontune.shards.build:merge", None, "", distributed=False,
                  help="write manifest.json once every array task is done", summary="fashiontune.shards.build:summary"))
 register(JobSpec("train", "fashiontune.train:run_training", "fashiontune.train.config:TrainConfig", "run_dir",

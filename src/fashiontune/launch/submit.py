@@ -4,11 +4,11 @@
     sub = submit.submit("train", train_cfg, cluster)          # one task per GPU on every node
     results = submit.wait(sub)                                 # per-task results, or JobFailed
 
-`submit("shards", cfg, cluster)` with cfg.num_jobs = N submits a job array of N single-process tasks (one
-contiguous range of shards each), then the merge step: on SLURM a job that depends on the whole array
-(`afterok`, cancelled by SLURM if a task fails), on the local executor a job submitted once all tasks
-succeeded. A failed task is reported with its index and shard range; resubmitting the same command redoes
-only what is missing (the builder skips shards already complete in the output directory).
+A job whose spec has an `array` (registry.ArraySpec; today `shards`, with cfg.num_jobs = N) and whose config
+asks for N > 1 tasks is submitted as a job array of N single-process tasks, then its merge job: on SLURM a job
+that depends on the whole array (`afterok`, cancelled by SLURM if a task fails), on the local executor a job
+submitted once all tasks succeeded. A failed task is reported with its index and what it covers (the spec's
+task label: a shard range).
 """
 
 from __future__ import annotations
@@ -38,10 +38,14 @@ class Submission:
     run_dir: Path
     cluster: ClusterConfig
     jobs: list[submitit.Job] = field(default_factory=list)  # one job, or the array's tasks
-    merge: Optional[submitit.Job] = None  # shards array on SLURM: the dependent merge job
+    merge: Optional[submitit.Job] = None  # an array's merge job (on SLURM submitted with the array)
     labels: list[str] = field(default_factory=list)  # per entry of `jobs`, for messages (e.g. shard range)
     config: Any = None
     submitted_at: float = 0.0
+
+    @property
+    def is_array(self) -> bool:
+        return len(self.jobs) > 1
 
     @property
     def job_ids(self) -> list[str]:
@@ -79,11 +83,13 @@ def dry_run(job: str, cfg: Any, cluster: ClusterConfig) -> str:
     """The sbatch script(s) that `submit` would hand to SLURM."""
     spec = registry.get(job)
     name = job_name(cluster, job)
-    if job == "shards" and getattr(cfg, "num_jobs", 1) > 1:
-        return (f"# array of {cfg.num_jobs} tasks (one shard range each)\n"
-                + sbatch_script(cluster, name, single_task=True, array_size=cfg.num_jobs)
+    n = spec.array_size(cfg)
+    if n > 1:
+        return (f"# array of {n} single-process tasks\n"
+                + sbatch_script(cluster, name, single_task=True, array_size=n)
                 + "\n# then the merge job (submitted with the array's id)\n"
-                + sbatch_script(cluster, name + "-merge", single_task=True, dependency="afterok:<array job id>"))
+                + sbatch_script(cluster, name + "-merge", single_task=True,
+                                dependency="afterok:<array job id>"))
     return sbatch_script(cluster, name, single_task=not spec.distributed)
 
 
@@ -107,32 +113,36 @@ def _submit(job: str, cfg: Any, cluster: ClusterConfig, since: float) -> Submiss
     spec = registry.get(job)
     run_dir = spec.run_dir(cfg).absolute()
     name = job_name(cluster, job)
-    if job == "shards" and getattr(cfg, "num_jobs", 1) > 1:
-        return _submit_shards(cfg, cluster, run_dir, name, since)
+    if spec.array_size(cfg) > 1:
+        return _submit_array(spec, cfg, cluster, run_dir, name, since)
     ex = make_executor(cluster, name, single_task=not spec.distributed)
     with submitit.helpers.clean_env():  # a job submitted from inside a job must not inherit its SLURM_*
         j = as_slurm_job(ex.submit(JobRunner(job, cfg, str(run_dir), cluster.max_requeues)))
     return Submission(job, run_dir, cluster, [j], labels=[job], config=cfg, submitted_at=since)
 
 
-def _submit_shards(cfg: Any, cluster: ClusterConfig, run_dir: Path, name: str, since: float) -> Submission:
-    n = cfg.num_jobs
-    runners = [JobRunner("shards", dataclasses.replace(cfg, job_index=i), str(run_dir), cluster.max_requeues)
-               for i in range(n)]
+def _merge_runner(spec: registry.JobSpec, run_dir: Path, cluster: ClusterConfig) -> JobRunner:
+    return JobRunner(spec.array.merge, str(run_dir), str(run_dir), cluster.max_requeues)
+
+
+def _submit_array(spec: registry.JobSpec, cfg: Any, cluster: ClusterConfig, run_dir: Path, name: str,
+                  since: float) -> Submission:
+    n = spec.array_size(cfg)
+    runners = [JobRunner(spec.name, dataclasses.replace(cfg, **{spec.array.index_key: i}), str(run_dir),
+                         cluster.max_requeues) for i in range(n)]
     ex = make_executor(cluster, name, single_task=True)
     with submitit.helpers.clean_env():
         with ex.batch():
             delayed = [ex.submit(r) for r in runners]
         jobs = [as_slurm_job(j) for j in delayed]
-        sub = Submission("shards", run_dir, cluster, jobs, labels=[f"array task {i} of {n}" for i in range(n)],
+        sub = Submission(spec.name, run_dir, cluster, jobs, labels=[f"array task {i} of {n}" for i in range(n)],
                          config=cfg, submitted_at=since)
         if cluster.executor == ExecutorKind.slurm:
             array_id = jobs[0].job_id.split("_")[0]
             mex = make_executor(cluster, name + "-merge", single_task=True)
             extra = dict(mex.parameters.get("additional_parameters", {}), kill_on_invalid_dep="yes")
             mex.update_parameters(dependency=f"afterok:{array_id}", additional_parameters=extra)
-            sub.merge = as_slurm_job(mex.submit(JobRunner("shards-merge", str(run_dir), str(run_dir),
-                                                          cluster.max_requeues)))
+            sub.merge = as_slurm_job(mex.submit(_merge_runner(spec, run_dir, cluster)))
     return sub
 
 
@@ -149,20 +159,11 @@ def _first_exception(job: submitit.Job) -> Optional[tuple[int, Exception]]:
     return None
 
 
-def _shard_range(sub: Submission, index: int) -> str:
-    try:
-        from fashiontune.shards.build import load_plan
-
-        owned = load_plan(sub.run_dir).owned(sub.config.num_jobs, index)
-        return f"shards {owned[0].name} .. {owned[-1].name} ({len(owned)})" if owned else "no shards"
-    except Exception:  # the plan may not exist if the task died before writing it
-        return "shard range unknown (plan not written)"
-
-
 def _failure(sub: Submission, index: int, job: submitit.Job, task: int, exc: Exception) -> str:
     label = sub.labels[index] if index < len(sub.labels) else sub.job
-    if sub.job == "shards" and len(sub.jobs) > 1:
-        label += f", {_shard_range(sub, index)}"
+    covers = registry.get(sub.job).task_label(sub.config, sub.run_dir, index) if sub.is_array else ""
+    if covers:
+        label += f", {covers}"
     where = f"; task {task} of {job.num_tasks}" if job.num_tasks > 1 else ""
     head = f"{sub.job} job {job.job_id} failed ({label}{where})"
     paths = job.task(task).paths
@@ -197,16 +198,17 @@ def wait(sub: Submission, timeout_s: Optional[float] = None, poll_s: float = 1.0
     if failures:
         if sub.merge is not None:
             sub.merge.cancel(check=False)  # SLURM cancels it too (kill-on-invalid-dep); be explicit
-        more = ("\nResubmit the same command to redo only what is missing." if sub.job == "shards" else "")
+        spec = registry.get(sub.job)
+        more = f"\n{spec.array.rerun_hint}" if sub.is_array and spec.array.rerun_hint else ""
         raise JobFailed("\n\n".join(failures) + more)
     results: list[Any] = [j.results() for j in sub.jobs]
-    if sub.job == "shards" and len(sub.jobs) > 1:
+    if sub.is_array:
         merge_job = sub.merge
         if merge_job is None:  # local executor: the client runs the dependency
-            ex = make_executor(sub.cluster, job_name(sub.cluster, "shards") + "-merge", single_task=True)
+            spec = registry.get(sub.job)
+            ex = make_executor(sub.cluster, job_name(sub.cluster, sub.job) + "-merge", single_task=True)
             since = time.time()
-            merge_job = ex.submit(JobRunner("shards-merge", str(sub.run_dir), str(sub.run_dir),
-                                            sub.cluster.max_requeues))
+            merge_job = ex.submit(_merge_runner(spec, sub.run_dir, sub.cluster))
             _drop_stale_results([merge_job], since)  # local job ids are pids, which get reused
             sub.merge = merge_job
         _wait([merge_job])
@@ -219,7 +221,7 @@ def wait(sub: Submission, timeout_s: Optional[float] = None, poll_s: float = 1.0
 
 
 def main_result(results: list[Any]) -> Any:
-    """Rank 0's result of the last job (the merge for a shards array)."""
+    """Rank 0's result of the last job (the merge for an array)."""
     last = results[-1]
     return last[0] if isinstance(last, list) and last else last
 

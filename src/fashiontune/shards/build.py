@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 from tqdm import tqdm
@@ -233,6 +233,15 @@ _HINTS = {
 
 def _write_errors(path: Path, errors: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in errors))
+
+
+def task_range(cfg: Any, out_dir: Path, index: int) -> str:
+    """The shards array task `index` builds, for a failure message (the plan may not be written yet)."""
+    try:
+        owned = load_plan(out_dir).owned(cfg.num_jobs, index)
+    except BuildError:
+        return "shard range unknown (plan not written)"
+    return f"shards {owned[0].name} .. {owned[-1].name} ({len(owned)})" if owned else "no shards"
 
 
 def summary(manifest: dict, stats: Optional[dict] = None) -> str:
