@@ -8,7 +8,6 @@ the offending value and the valid choices, because that is what a user needs to 
 from __future__ import annotations
 
 import difflib
-import enum
 import hashlib
 import json
 import typing
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from fashiontune.errors import UserError, one_line
+from fashiontune.files import write_text_atomic
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ def load_config(
         layers.append((str(p), _load_yaml_mapping(p)))
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
-        raise ConfigError(f"command-line override {bad[0]!r} is not of the form key=value (e.g. train.lr=1e-4).")
+        raise ConfigError(f"command-line override {bad[0]!r} is not of the form key=value (e.g. optim.lr=1e-4).")
     for o in overrides:
         try:
             layers.append(("command line", OmegaConf.from_dotlist([o])))
@@ -136,18 +136,10 @@ def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Pat
     """Write the resolved config into a run/output directory (first thing a job does)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(out / name, to_yaml(cfg))
 
 
 def require(ok: bool, source: str, key: str, value: Any, want: str) -> None:
     """Raise ConfigError "<source>: <key>=<value> is invalid: <want>." unless `ok` (want = the allowed range)."""
     if not ok:
         raise ConfigError(f"{source}: {key}={value!r} is invalid: {want}.")
-
-
-def enum_values(e: type[enum.Enum]) -> list[str]:
-    return [m.value for m in e]

@@ -6,7 +6,7 @@
                         rank=accelerator.process_index, world_size=accelerator.num_processes)
     val = make_loader(cfg.data, train=False, transform=loaded.preprocess_val, ...)
 
-Batches (PLAN.md contract, on CPU; `to_device(batch, device)` moves them):
+Batches (the contract between the loader and the tasks, on CPU; `to_device(batch, device)` moves them):
     "image" float B x 3 x H x W (H, W from the transform), "text" LongTensor B x L (only with a tokenizer),
     "labels" {field: LongTensor B (-1 = missing/unknown) | FloatTensor B x V multi-hot}, "key", "group_id",
     plus "caption" list[str] (the raw text) and "valid" BoolTensor B (False only in padding batches).

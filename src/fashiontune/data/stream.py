@@ -62,7 +62,7 @@ def draft_size(transform: Callable) -> int | None:
 
 @dataclass
 class Collator:
-    """Decoded samples -> the training batch dict of PLAN.md (plus "caption" strings and a "valid" mask)."""
+    """Decoded samples -> the training batch dict (`fashiontune.data` docstring; plus "caption" strings and a "valid" mask)."""
 
     transform: Callable[[Image.Image], torch.Tensor]
     encoders: dict[str, LabelEncoder]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from fashiontune.files import write_json_atomic
 from fashiontune.launch import env as dist_env
 
 
@@ -36,12 +37,6 @@ class SmokeConfig:
 
 def expected_acc(steps: int, world_size: int) -> float:
     return world_size * (world_size + 1) / 2 * steps * (steps + 1) / 2
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def run_smoke(cfg: SmokeConfig) -> dict:
@@ -78,12 +73,12 @@ def run_smoke(cfg: SmokeConfig) -> dict:
             if dist.world_size > 1:
                 td.barrier()  # every rank finished the step before it counts as saved
             if dist.is_main:
-                _write_json(ckpt, {"step": step + 1, "acc": acc})
+                write_json_atomic(ckpt, {"step": step + 1, "acc": acc}, indent=1)
     result = {"steps": cfg.steps, "acc": acc, "expected_acc": expected_acc(cfg.steps, dist.world_size),
               "world_size": dist.world_size, "resumed_from": start, "rank": dist.rank}
     if dist.world_size > 1:
         td.barrier()
         td.destroy_process_group()
     if dist.is_main:
-        _write_json(run / "results.json", result)
+        write_json_atomic(run / "results.json", result, indent=1)
     return result

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from ..files import replace_atomic, write_json_atomic
 from .config import Backbone
 from .loading import LoadedModel
 from .safeload import load_tensors
@@ -24,15 +25,7 @@ TIMM_WEIGHTS = "pytorch_model.bin"
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    replace_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def export_model(loaded: LoadedModel, out_dir: str | Path, state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> Path:
@@ -46,7 +39,7 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, state_dict: Optional[
         path = out / OPEN_CLIP_WEIGHTS
         _atomic_save(sd, path)
         preprocess_cfg = dict(getattr(loaded.model.visual, "preprocess_cfg", {}) or {})
-        _atomic_json({"model_cfg": loaded.model_cfg, "preprocess_cfg": preprocess_cfg}, out / "open_clip_config.json")
+        write_json_atomic(out / "open_clip_config.json", {"model_cfg": loaded.model_cfg, "preprocess_cfg": preprocess_cfg})
         info["load"] = f"open_clip.create_model_and_transforms({loaded.name!r}, pretrained={str(path)!r})"
     else:
         path = out / TIMM_WEIGHTS
@@ -54,7 +47,7 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, state_dict: Optional[
         info["timm_name"] = loaded.name
         info["data_cfg"] = loaded.model_cfg.get("data_cfg", {})
         info["load"] = f"timm.create_model({loaded.name!r}, num_classes=0, pretrained=True, pretrained_cfg_overlay={{'file': {str(path)!r}}})"
-    _atomic_json(info, out / "export.json")
+    write_json_atomic(out / "export.json", info)
     return path
 
 
@@ -63,7 +56,7 @@ def save_heads(out_dir: str | Path, heads: Mapping[str, torch.Tensor], meta: Map
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_save({k: v.detach().to("cpu").clone() for k, v in heads.items()}, out / "heads.pt")
-    _atomic_json(dict(meta), out / "heads.json")
+    write_json_atomic(out / "heads.json", dict(meta))
 
 
 def load_heads(out_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
