@@ -21,7 +21,7 @@ from typing import Iterator
 from fashiontune.records import Record, Skip
 
 from .base import Source, SourceError, path_id, safe_id, skip
-from .textfile import BadRow, CsvTable, Row
+from .textfile import CsvTable, Row, well_formed
 
 DEFAULT_NAME = "items.csv"
 RESERVED = ("image", "caption", "text", "id", "group_id")
@@ -67,18 +67,12 @@ class CsvSource(Source):
         good = [r.cells for r in rows if isinstance(r, Row) and len(r.cells) == len(header)]
         multi = {h for h in label_cols if any("|" in cells[col[h]] for cells in good)}
         seen: set[str] = set()
-        for r in rows:
-            line = r.line
-            where = f"{path}:{line}"
-            if isinstance(r, BadRow):
-                yield skip(f"line{line}", where, r.reason, r.detail)
+        fix = 'quote cells that contain commas ("a, b") and check for missing or extra separators'
+        for r in well_formed(rows, path, len(header), fix):
+            if isinstance(r, Skip):
+                yield r
                 continue
-            row = r.cells
-            if len(row) != len(header):
-                yield skip(f"line{line}", where, "unparsable_row",
-                           f"{len(row)} fields but the header has {len(header)}; quote cells that contain commas "
-                           '("a, b") and check for missing or extra separators')
-                continue
+            line, row, where = r.line, r.cells, f"{path}:{r.line}"
             image = row[col["image"]].strip()
             if not image:
                 yield skip(f"line{line}", where, "unparsable_row",

@@ -18,7 +18,7 @@ import numpy as np
 from fashiontune.records import Record, Skip
 
 from .base import Source, SourceError, safe_id, skip
-from .textfile import BadRow, CsvTable, read_json
+from .textfile import CsvTable, read_json, well_formed
 
 COLUMNS = ("ImageId", "EncodedPixels", "Height", "Width", "ClassId")
 
@@ -69,17 +69,13 @@ class IMaterialistSource(Source):
             )
         col = {c: header.index(c) for c in header}
         attr_col = col.get("AttributesIds")  # 2020 edition
-        for r in table.rows():  # one line per row: no cell of train.csv spans lines
-            line = r.line
-            where = f"{path}:{line}"
-            if isinstance(r, BadRow):
-                yield skip(f"train_csv_line{line}", where, r.reason, r.detail)
+        fix = f"the columns are {','.join(header)}"
+        # one line per row: no cell of train.csv spans lines
+        for r in well_formed(table.rows(), path, len(header), fix, id_prefix="train_csv_line"):
+            if isinstance(r, Skip):
+                yield r
                 continue
-            row = r.cells
-            if len(row) != len(header):
-                yield skip(f"train_csv_line{line}", where, "unparsable_row",
-                           f"{len(row)} fields, expected {len(header)} ({','.join(header)})")
-                continue
+            line, row, where = r.line, r.cells, f"{path}:{r.line}"
             image_id = row[col["ImageId"]].strip()
             if image_id.lower().endswith(".jpg"):
                 image_id = image_id[:-4]

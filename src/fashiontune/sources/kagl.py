@@ -12,8 +12,8 @@ from typing import Iterator
 
 from fashiontune.records import Record, Skip
 
-from .base import Source, SourceError, safe_id, skip
-from .textfile import BadRow, CsvTable
+from .base import Source, SourceError, skip
+from .textfile import CsvTable, well_formed
 
 HEADER = ["id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year", "usage",
           "productDisplayName"]
@@ -36,18 +36,14 @@ class KaglSource(Source):
                 f"kagl: {path} line 1: header is {','.join(header)!r}, expected {','.join(HEADER)!r}. "
                 "Is this the styles.csv of the Kaggle 'Fashion Product Images' dataset?"
             )
-        for r in table.rows():  # one line per row: the file has no multi-line cells
-            line = r.line
-            where = f"{path}:{line}"
-            if isinstance(r, BadRow):
-                yield skip(f"line{line}", where, r.reason, r.detail)
+        fix = f"the columns are {','.join(HEADER)}; fix or delete the row"
+        # one line per row (the file has no multi-line cells); more fields: unquoted commas in the name
+        for r in well_formed(table.rows(), path, len(HEADER), fix, more_ok=True, id_col=0):
+            if isinstance(r, Skip):
+                yield r
                 continue
-            row = r.cells
+            line, row, where = r.line, r.cells, f"{path}:{r.line}"
             item = row[0].strip()
-            if len(row) < len(HEADER):
-                yield skip(safe_id(item) or f"line{line}", where, "unparsable_row",
-                           f"{len(row)} fields, expected {len(HEADER)} ({','.join(HEADER)}); fix or delete the row")
-                continue
             if not item.isdigit():
                 yield skip(f"line{line}", where, "unparsable_row", f"id {item!r} is not an integer product id")
                 continue

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Optional, Union
 
-from .base import SourceError
+from fashiontune.records import Skip
+
+from .base import SourceError, safe_id, skip
 
 # Cells may be long (iMaterialist's run-length masks); a runaway quote is bounded by MAX_RECORD_LINES instead.
 csv.field_size_limit(sys.maxsize)
@@ -204,3 +206,20 @@ class CsvTable:
         return BadRow(first, "unparsable_row",
                       f"{problem}: a cell that starts with a quote must end with one (write \"\" for a quote "
                       "inside a quoted cell); only this line is skipped, the next line is read as a new row")
+
+
+def well_formed(rows: Iterable[Union[Row, BadRow]], path: Path, n_fields: int, fix: str, id_prefix: str = "line",
+                more_ok: bool = False, id_col: Optional[int] = None) -> Iterator[Union[Row, Skip]]:
+    """The rows with `n_fields` cells (at least, with `more_ok`); every other row is a Skip at its real line,
+    `fix` saying what to change, with the id in column `id_col` where there is one, else <id_prefix><line>.
+    The one place a source turns malformed rows into errors.jsonl lines."""
+    for r in rows:
+        where = f"{path}:{r.line}"
+        if isinstance(r, BadRow):
+            yield skip(f"{id_prefix}{r.line}", where, r.reason, r.detail)
+        elif len(r.cells) < n_fields or (len(r.cells) > n_fields and not more_ok):
+            given = safe_id(r.cells[id_col].strip()) if id_col is not None and len(r.cells) > id_col else ""
+            yield skip(given or f"{id_prefix}{r.line}", where, "unparsable_row",
+                       f"{len(r.cells)} fields, expected {n_fields}; {fix}")
+        else:
+            yield r
