@@ -116,3 +116,42 @@ class TraceFifo:
     def close(self) -> None:
         os.close(self._w)
         os.close(self._r)
+
+
+# -- jobs for tests/test_launch_preempt.py (run inside a task process; importable by the unpickler) ---------
+class SignalSelfAtExit:
+    """A checkpointable job that returns at once and sends itself USR2 at interpreter exit (after the job
+    returned); `checkpoint()` (a requeue of the finished job: wrong) leaves `marker`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self) -> str:
+        import atexit
+        import signal
+
+        atexit.register(lambda: (os.kill(os.getpid(), signal.SIGUSR2), time.sleep(0.2)))
+        return "done"
+
+    def checkpoint(self):
+        import submitit
+
+        Path(self.marker).touch()
+        return submitit.helpers.DelayedSubmission(SignalSelfAtExit(self.marker))
+
+
+def children_survive_usr2() -> list[int]:
+    """Starts a fork and a spawn child (what DataLoader workers are), sends each USR2, returns their exit
+    codes (0: they ran to the end)."""
+    import multiprocessing as mp
+    import signal
+
+    codes = []
+    for method in ("fork", "spawn"):
+        child = mp.get_context(method).Process(target=time.sleep, args=(1.0,))
+        child.start()
+        time.sleep(0.3)
+        os.kill(child.pid, signal.SIGUSR2)
+        child.join(30)
+        codes.append(child.exitcode)
+    return codes
