@@ -144,3 +144,16 @@ def test_checkpoints_hold_the_train_state_and_results_come_from_memory(kagl, tmp
     assert [v["step"] for v in vals] == [14, 15] and at14["last_val"]["accuracy"] == vals[0]["accuracy"]
     assert res["final"] == at15["last_val"] == {k: v for k, v in vals[1].items() if k not in ("kind", "step", "epoch")}
     assert res["epochs_done"] == 1 and res["samples_seen"] == 236 and res["samples_per_s"] > 0
+
+
+def test_a_trainer_state_of_another_version_stops_the_resume_naming_the_file(kagl, tmp_path):
+    from fashiontune.train.checkpoint import CheckpointError
+
+    args = overrides(kagl, tmp_path, "old", "loop.max_steps=3", "loop.stop_after_steps=2")
+    assert run_training(cfg(*args))["status"] == "stopped"  # a complete checkpoint at step 2
+    path = tmp_path / "old" / "checkpoints" / "step_00000002" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["data"] = state.pop("position")  # what the loop wrote before issue 9
+    path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=r"step_00000002/trainer_state.json: not a trainer state.*position"):
+        run_training(cfg(*args))

@@ -9,7 +9,7 @@ No file of a checkpoint runs code when it is loaded. We write the state ourselve
     model.pt, optimizer.pt [, scaler.pt]   state dicts (rank 0; DDP keeps them equal on every rank)
     pytorch_model/                         DeepSpeed's own files instead of those, under DeepSpeed
     rng_state_<rank>.pt                    python / numpy / torch (/ cuda) RNG states as ints and tensors
-    trainer_state.json                     step, epoch, data position, counters, best, the lr schedule
+    trainer_state.json                     the TrainState (train/state.py) and the lr schedule
 and read every .pt with torch's weights-only unpickler (models.load_tensors). DeepSpeed reads its files
 itself with the full unpickler, so each is first checked with the weights-only one plus an allowlist of
 the few DeepSpeed classes they hold. A refused, corrupt or missing file stops the resume with a
@@ -44,7 +44,7 @@ class CheckpointError(ModelLoadError):
     """A checkpoint cannot be resumed from (refused, corrupt or missing file); the message names it."""
 
 
-def _way_out(path: Path) -> str:
+def way_out(path: Path) -> str:
     step_dir = next((p for p in (path, *path.parents) if _STEP_DIR.match(p.name)), path)
     return (f"Checkpoints must come from a run you trust. Delete {step_dir} to resume "
             "from the previous complete checkpoint, or set checkpoint.resume=false to start the run over.")
@@ -80,7 +80,7 @@ def read_trainer_state(path: Path) -> dict:
             raise ValueError("not an object with an integer 'step'")
         return state
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path / STATE}: unreadable trainer state ({e}). {_way_out(path / STATE)}") from e
+        raise CheckpointError(f"{path / STATE}: unreadable trainer state ({e}). {way_out(path / STATE)}") from e
 
 
 # -- RNG state as plain ints and tensors ---------------------------------------------------------------
@@ -105,7 +105,7 @@ def set_rng_state(state: dict, path: Path) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: corrupt RNG state ({type(e).__name__}: {e}); the run would not continue "
-                              f"as it started. {_way_out(path)}") from e
+                              f"as it started. {way_out(path)}") from e
 
 
 def _deepspeed_allowlist() -> list:
@@ -189,7 +189,7 @@ class CheckpointManager:
         try:
             self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path / STATE}: no valid 'scheduler' state ({e}). {_way_out(path / STATE)}") from e
+            raise CheckpointError(f"{path / STATE}: no valid 'scheduler' state ({e}). {way_out(path / STATE)}") from e
         rng = path / f"rng_state_{self.acc.process_index}.pt"
         set_rng_state(self._load(rng), rng)  # last: loading must not move the restored RNG
         state["path"] = str(path)
@@ -197,8 +197,8 @@ class CheckpointManager:
 
     def _load(self, path: Path, **kw) -> Any:
         if not path.is_file():
-            raise CheckpointError(f"{path}: missing from a complete checkpoint. {_way_out(path)}")
-        return load_tensors(path, hint=_way_out(path), **kw)
+            raise CheckpointError(f"{path}: missing from a complete checkpoint. {way_out(path)}")
+        return load_tensors(path, hint=way_out(path), **kw)
 
     def _load_files(self, path: Path) -> None:
         acc = self.acc
@@ -211,7 +211,7 @@ class CheckpointManager:
             raise
         except (KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: state does not fit this model/optimizer ({str(e).splitlines()[0][:300]}). "
-                                  f"{_way_out(path)}") from e
+                                  f"{way_out(path)}") from e
 
     def _load_deepspeed(self, path: Path) -> None:
         allow = _deepspeed_allowlist()
@@ -219,4 +219,4 @@ class CheckpointManager:
             self._load(f, allow=allow, mmap=True)
         loaded, _ = self.model.load_checkpoint(str(path), tag=DS_TAG)
         if loaded is None:
-            raise CheckpointError(f"{path / DS_TAG}: DeepSpeed found no checkpoint to load. {_way_out(path)}")
+            raise CheckpointError(f"{path / DS_TAG}: DeepSpeed found no checkpoint to load. {way_out(path)}")

@@ -21,6 +21,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
@@ -32,7 +33,7 @@ from fashiontune.models import load_clip
 from fashiontune.tasks import Task, build_task
 from fashiontune.train.accel import make_accelerator, process_state
 from fashiontune.train.backend import DDPBackend, make_backend
-from fashiontune.train.checkpoint import CheckpointError, CheckpointManager
+from fashiontune.train.checkpoint import STATE, CheckpointError, CheckpointManager, way_out
 from fashiontune.train.config import TrainConfig
 from fashiontune.train.logs import RunLogger, Throughput, read_metrics
 from fashiontune.train.optim import build_optimizer, build_scheduler
@@ -169,8 +170,9 @@ def _resume(run: Run) -> None:
     try:
         run.state.load_state_dict(resumed)
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{resumed['path']}/trainer_state.json: not a trainer state of this version "
-                              f"({type(e).__name__}: {e}). Delete the checkpoint or set checkpoint.resume=false.") from e
+        path = Path(resumed["path"]) / STATE
+        raise CheckpointError(f"{path}: not a trainer state of this version ({type(e).__name__}: {e}). "
+                              f"{way_out(path)}") from e
     run.train_loader.load_state_dict(run.state.position)
     if run.acc.is_main_process:
         print(f"fashiontune train: resumed from {resumed['path']} (step {run.state.step}, epoch {run.state.epoch})",
