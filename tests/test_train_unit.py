@@ -128,3 +128,19 @@ def test_train_state_round_trips_through_json_and_refuses_a_foreign_state():
         TrainState().load_state_dict({**old, "data": {"epoch": 1, "batches": 2}})
     with pytest.raises(TypeError):
         TrainState().load_state_dict({**s.state_dict(), "step": "7"})
+
+
+def test_precision_is_the_shared_enum_and_auto_resolves_per_device():
+    import torch
+
+    from fashiontune.eval.config import EvalConfig
+    from fashiontune.models.precision import Precision
+    from fashiontune.train.accel import resolved_precision
+    from fashiontune.train.config import TrainConfig
+
+    cfg = TrainConfig()
+    assert type(cfg.loop.precision) is Precision is type(EvalConfig().precision)
+    cfg.loop.precision = Precision.auto
+    assert resolved_precision(cfg) is (Precision.bf16 if torch.cuda.is_available() else Precision.fp32)
+    cfg.loop.precision = Precision.bf16
+    assert resolved_precision(cfg) is Precision.bf16

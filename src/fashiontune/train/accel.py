@@ -22,7 +22,8 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
 from fashiontune.config import ConfigError
-from fashiontune.train.config import Precision, Strategy, TrainConfig
+from fashiontune.models.precision import Precision
+from fashiontune.train.config import Strategy, TrainConfig
 
 
 class _PluginWithoutTransformers(DeepSpeedPlugin):
@@ -82,26 +83,33 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     # bf16 as autocast with fp32 master weights (DeepSpeed's torch_autocast), not DeepSpeed's bf16 mode that
     # casts the module to bf16: the tasks feed fp32 images and compute losses outside the engine.
     ds["bf16"] = {"enabled": False}
-    ds["fp16"] = {**ds.get("fp16", {}), "enabled": cfg.loop.precision == Precision.fp16}
-    if cfg.loop.precision == Precision.bf16:
+    precision = resolved_precision(cfg)
+    ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == Precision.fp16}
+    if precision == Precision.bf16:
         ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     ds.setdefault("zero_allow_untested_optimizer", True)  # we hand it torch's AdamW
     ds.setdefault("steps_per_print", 10**9)
     return ds
 
 
+def resolved_precision(cfg: TrainConfig) -> Precision:
+    """loop.precision with `auto` made concrete for this machine (bf16 on CUDA, fp32 on CPU)."""
+    return cfg.loop.precision.resolve("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def make_accelerator(cfg: TrainConfig, find_unused_parameters: bool = False) -> Accelerator:
     state = process_state(cfg)
-    if cfg.loop.precision == Precision.fp16 and not torch.cuda.is_available():
+    precision = resolved_precision(cfg)
+    if precision == Precision.fp16 and not torch.cuda.is_available():
         raise ConfigError("loop.precision=fp16 needs a GPU (loss scaling on CPU is not supported); use bf16 or fp32.")
-    mixed = {Precision.fp32: "no", Precision.bf16: "bf16", Precision.fp16: "fp16"}[cfg.loop.precision]
+    mixed = {Precision.fp32: "no", Precision.bf16: "bf16", Precision.fp16: "fp16"}[precision]
     handlers = [
         DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters),
         InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist.timeout_s)),
     ]
     kw: dict = {}
     if cfg.dist.strategy == Strategy.deepspeed:
-        mixed = "fp16" if cfg.loop.precision == Precision.fp16 else "no"  # bf16: torch_autocast in the DS config
+        mixed = "fp16" if precision == Precision.fp16 else "no"  # bf16: torch_autocast in the DS config
         kw["deepspeed_plugin"] = _PluginWithoutTransformers(hf_ds_config=deepspeed_config(cfg, state.num_processes))
     else:
         kw["cpu"] = not torch.cuda.is_available()

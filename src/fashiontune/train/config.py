@@ -15,14 +15,9 @@ from typing import List, Optional, Sequence
 from fashiontune.config import ConfigError, load_config, require
 from fashiontune.data import DataConfig
 from fashiontune.models import Backbone, ModelConfig
+from fashiontune.models.precision import Precision
 from fashiontune.tasks.config import HeadKind, TaskConfig, TaskName
 from fashiontune.tasks.metric_names import validation_metrics
-
-
-class Precision(str, enum.Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"  # autocast bf16 (CPU and recent GPUs); no loss scaling needed
-    fp16 = "fp16"  # autocast fp16 with a dynamic loss scaler (GPU only)
 
 
 class Strategy(str, enum.Enum):
