@@ -170,24 +170,29 @@ def _failure(sub: Submission, index: int, job: submitit.Job, task: int, exc: Exc
     return f"{head}:\n{exc}\nlogs of that task: {paths.stderr}\n                   {paths.stdout}"
 
 
+def _wait_done(jobs: list[submitit.Job], log_dir: str, start: float, timeout_s: Optional[float], poll_s: float,
+               on_progress: Optional[Callable[[str], None]]) -> None:
+    """Poll until every job is done (the whole wait's deadline counts from `start`); a note every 30 s."""
+    last_note = time.monotonic()
+    while not all(j.done() for j in jobs):
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            ids = ", ".join(j.job_id for j in jobs if not j.done())
+            raise TimeoutError(f"job(s) {ids} not done after {timeout_s:.0f} s (still queued or running; "
+                               f"logs under {log_dir})")
+        if on_progress and time.monotonic() - last_note > 30:
+            last_note = time.monotonic()
+            on_progress(", ".join(f"{j.job_id}: {j.state}" for j in jobs))
+        time.sleep(poll_s)
+
+
 def wait(sub: Submission, timeout_s: Optional[float] = None, poll_s: float = 1.0,
          on_progress: Optional[Callable[[str], None]] = None) -> list[Any]:
     """Block until every job is done; return the per-task results of each job (for a shards array: the
     merge result last). Raises JobFailed with the remote traceback and log paths of each failed task."""
     start = time.monotonic()
-    last_note = time.monotonic()
 
     def _wait(jobs: list[submitit.Job]) -> None:
-        nonlocal last_note
-        while not all(j.done() for j in jobs):
-            if timeout_s is not None and time.monotonic() - start > timeout_s:
-                ids = ", ".join(j.job_id for j in jobs if not j.done())
-                raise TimeoutError(f"job(s) {ids} not done after {timeout_s:.0f} s (still queued or running; "
-                                   f"logs under {sub.cluster.log_dir})")
-            if on_progress and time.monotonic() - last_note > 30:
-                last_note = time.monotonic()
-                on_progress(", ".join(f"{j.job_id}: {j.state}" for j in jobs))
-            time.sleep(poll_s)
+        _wait_done(jobs, sub.cluster.log_dir, start, timeout_s, poll_s, on_progress)
 
     _wait(sub.jobs)
     failures = []
