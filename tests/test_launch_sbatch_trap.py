@@ -21,6 +21,17 @@ FAKE_SCONTROL = ('#!/bin/bash\nif [[ $1 == requeue ]]; then echo "requeue $2" >>
                  'else echo node0; fi\n')
 
 
+def _created(marker: Path, proc: subprocess.Popen, limit_s: float = 300) -> bool:
+    """True once the template has created `marker`. Nothing ever removes it (it stays true), and the template
+    blocks right after creating it until the test lets it go, so waiting on it cannot race."""
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end and proc.poll() is None:
+        if marker.exists():
+            return True
+        time.sleep(0.02)
+    return marker.exists()
+
+
 def _run(tmp_path: Path, template: str, signal_when: str, signals: int) -> tuple[int, str, list[str]]:
     """Runs the template; once `signal_when` ("setup-started" or "srun-started") exists, sends its batch
     shell `signals` USR2s, then lets SETUP and srun finish."""
@@ -40,10 +51,7 @@ def _run(tmp_path: Path, template: str, signal_when: str, signals: int) -> tuple
     p = subprocess.Popen(["bash", f"slurm/{template}.sbatch"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     try:
-        end = time.monotonic() + 30
-        while not (tmp_path / signal_when).exists() and time.monotonic() < end and p.poll() is None:
-            time.sleep(0.02)
-        assert (tmp_path / signal_when).exists(), f"{signal_when} never happened"
+        assert _created(tmp_path / signal_when, p), f"{signal_when} never happened"
         for _ in range(signals):
             p.send_signal(signal.SIGUSR2)
             time.sleep(0.1)
