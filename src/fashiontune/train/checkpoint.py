@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from accelerate.utils import DistributedType
 
+from fashiontune.files import write_json_atomic
 from fashiontune.models import ModelLoadError, load_tensors
 from fashiontune.train.testing import fault_point
 
@@ -48,12 +49,6 @@ def way_out(path: Path) -> str:
     step_dir = next((p for p in (path, *path.parents) if _STEP_DIR.match(p.name)), path)
     return (f"Checkpoints must come from a run you trust. Delete {step_dir} to resume "
             "from the previous complete checkpoint, or set checkpoint.resume=false to start the run over.")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def complete_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
@@ -144,8 +139,8 @@ class CheckpointManager:
         acc.wait_for_everyone()
         if acc.is_main_process:
             fault_point("save", step)  # test hook: a kill mid-save leaves only .tmp-step_<N>/
-            _write_json(tmp / STATE, {**trainer_state, "scheduler": self.scheduler.state_dict()})
-            _write_json(tmp / MARKER, {"step": step, "time": time.time(), "world_size": acc.num_processes})
+            write_json_atomic(tmp / STATE, {**trainer_state, "scheduler": self.scheduler.state_dict()})
+            write_json_atomic(tmp / MARKER, {"step": step, "time": time.time(), "world_size": acc.num_processes})
             if final.exists():  # an incomplete directory under the final name cannot be trusted
                 shutil.rmtree(final)
             os.replace(tmp, final)

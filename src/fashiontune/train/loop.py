@@ -29,6 +29,7 @@ from accelerate.utils import set_seed
 
 from fashiontune.config import ConfigError, config_hash, save_config, to_yaml
 from fashiontune.data import make_loader, read_manifest, to_device
+from fashiontune.files import write_text_atomic
 from fashiontune.models import load_clip
 from fashiontune.tasks import Task, build_task
 from fashiontune.train.accel import make_accelerator, process_state
@@ -358,9 +359,7 @@ def _write_results(run: Run) -> dict[str, Any]:
             written = plot_curves(read_metrics(run_dir / "metrics.jsonl"), plots)
             written += plot_confusion(getattr(run.task, "last_eval", {}), plots)
             res["plots"] = [str(p.relative_to(run_dir)) for p in written]
-        tmp = run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(_clean(res), indent=2, default=_json_default))
-        os.replace(tmp, run_dir / "results.json")
+        write_text_atomic(run_dir / "results.json", json.dumps(_clean(res), indent=2, default=_json_default))
     run.acc.wait_for_everyone()
     return res
 
