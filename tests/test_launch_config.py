@@ -41,33 +41,36 @@ def _section(script: str, name: str) -> list[str]:
 def test_a100_1node_sbatch_snapshot():
     cluster = load_cluster(REPO / "configs/cluster/a100-1node.yaml", [f"log_dir={LOGS}"])
     script = sbatch_script(cluster, "fashiontune-train")
+    # as shipped, for a typical site: no node feature (constraint), no --wckey (submitit's default is
+    # --wckey=submitit), the whole node with all its memory (--exclusive --mem=0), 8 x 8 CPUs
     assert _sbatch_flags(script) == [
-        "#SBATCH --constraint=a100",
-        "#SBATCH --cpus-per-task=10",
-        f"#SBATCH --error={LOGS}/%j/%j_0_log.err",
+        "#SBATCH --cpus-per-task=8",
+        f"#SBATCH --error={LOGS}/%x-%j.out",  # the batch shell's log: in log_dir, which exists before sbatch
         "#SBATCH --exclusive",
         "#SBATCH --gpus-per-node=8",
         "#SBATCH --job-name=fashiontune-train",
-        "#SBATCH --mem=480GB",
+        "#SBATCH --mem=0",
         "#SBATCH --nodes=1",
         "#SBATCH --ntasks-per-node=8",
         "#SBATCH --open-mode=append",
-        f"#SBATCH --output={LOGS}/%j/%j_0_log.out",
+        f"#SBATCH --output={LOGS}/%x-%j.out",
         "#SBATCH --partition=gpu",
         "#SBATCH --requeue",
         "#SBATCH --signal=USR2@180",
         "#SBATCH --time=1440",
-        "#SBATCH --wckey=submitit",
     ]
     assert _section(script, "setup") == [
         "trap '' USR2  # the tasks handle it (fashiontune.launch.task)",  # the batch shell never dies of USR2
-        "module load cuda/12.4", "source .venv/bin/activate", "export NCCL_ASYNC_ERROR_HANDLING=1"]
+        f'mkdir -p {LOGS}/"${{SLURM_JOB_ID}}"  # srun opens the task logs there',  # before srun, not after sbatch
+        "source .venv/bin/activate", "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1"]
     cmd = _section(script, "command")
     assert cmd[0] == "export SUBMITIT_EXECUTOR=slurm"
-    # one srun task per GPU, a crashed rank ends the step, the pickled JobRunner runs on every task, each
-    # started with USR2 ignored and blocked (fashiontune.launch.task takes it once the job is loaded)
+    # one srun task per GPU, a crashed rank ends the step, each task gets its CPUs (srun of SLURM 22.05/23.02
+    # does not inherit --cpus-per-task) and sees every GPU of its node (it picks cuda:LOCAL_RANK), the pickled
+    # JobRunner runs on every task, each started with USR2 ignored and blocked (fashiontune.launch.task takes
+    # it once the job is loaded)
     srun = (rf"srun --unbuffered --output {LOGS}/%j/%j_%t_log.out --error {LOGS}/%j/%j_%t_log.err "
-            rf"--kill-on-bad-exit=1 ")
+            rf"--kill-on-bad-exit=1 --cpus-per-task=8 --gpu-bind=none ")
     assert re.match(srun, cmd[1]), cmd[1]
     argv = shlex.split(cmd[1][len(srun.replace("\\", "")):])
     assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3
@@ -81,19 +84,22 @@ def test_a100_4nodes_sbatch_snapshot():
                                                                        "qos=high"])
     flags = _sbatch_flags(sbatch_script(cluster, "fashiontune-train"))
     for line in ["#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --cpus-per-task=10", "#SBATCH --signal=USR2@300", "#SBATCH --requeue",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --signal=USR2@300", "#SBATCH --requeue",
                  "#SBATCH --time=2880", "#SBATCH --account=proj42", "#SBATCH --qos=high",
-                 "#SBATCH --mail-type=END,FAIL", "#SBATCH --exclusive"]:
+                 "#SBATCH --mail-type=END,FAIL", "#SBATCH --exclusive", "#SBATCH --mem=0"]:
         assert line in flags
+    assert not [f for f in flags if f.startswith(("#SBATCH --constraint", "#SBATCH --wckey"))]
     assert cluster.num_tasks == 32
 
 
 def test_shard_array_and_merge_scripts_are_single_process():
     cluster = load_cluster(REPO / "configs/cluster/a100-1node.yaml", [f"log_dir={LOGS}"])
-    array = _sbatch_flags(sbatch_script(cluster, "fashiontune-shards", single_task=True, array_size=6))
+    array_script = sbatch_script(cluster, "fashiontune-shards", single_task=True, array_size=6)
+    array = _sbatch_flags(array_script)
     assert "#SBATCH --array=0-5%6" in array and "#SBATCH --ntasks-per-node=1" in array
     assert not any("gpus-per-node" in f for f in array)
-    assert f"#SBATCH --output={LOGS}/%A_%a/%A_%a_0_log.out" in array
+    assert f"#SBATCH --output={LOGS}/%x-%A_%a.out" in array  # the batch log: one per array task, in log_dir
+    assert f'mkdir -p {LOGS}/"${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"' in array_script  # the task folder
     merge = _sbatch_flags(sbatch_script(cluster, "m", single_task=True, dependency="afterok:77"))
     assert "#SBATCH --dependency=afterok:77" in merge
 

@@ -46,7 +46,8 @@ def _run(tmp_path: Path, template: str, signal_when: str, signals: int) -> tuple
              if signal_when == "setup-started" else "true")
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log),
            "FAKE_DIR": str(tmp_path), "SETUP": setup, "SLURM_JOB_ID": "5", "SLURM_NNODES": "1",
-           "SLURM_JOB_NODELIST": "node0", "SLURM_SUBMIT_DIR": str(REPO), "GPUS_PER_NODE": "1"}
+           "SLURM_JOB_NODELIST": "node0", "SLURM_SUBMIT_DIR": str(REPO), "GPUS_PER_NODE": "1",
+           "OMP_THREADS": "1"}  # pinned: no `python -m fashiontune.launch.threads` (a torch import) here
     env.pop("SLURM_RESTART_COUNT", None)
     p = subprocess.Popen(["bash", f"slurm/{template}.sbatch"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)

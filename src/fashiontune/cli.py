@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_)
         if name == chosen:  # only the chosen command's module is imported
             importlib.import_module(module).add_arguments(p)
-    args = parser.parse_args(argv)
+    args = parse_any_order(parser, argv)
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except UserError as e:
@@ -63,6 +63,23 @@ def main(argv: list[str] | None = None) -> int:
             raise  # anything else may be a bug: keep the traceback
         where = f"{e.filename}: " if e.filename else ""
         return _report(args.command, e, f"{where}{e.strerror}; {_ENVIRONMENT_ERRNOS[e.errno]}.", debug)
+
+
+def parse_any_order(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, with `key=value` overrides accepted before, between and after the options
+    (`submit train --cluster C cluster.k=v --config X k=v`), kept in the order given (the last one wins).
+
+    argparse gives a `nargs="*"` positional only its first run of values and cannot interleave positionals
+    with options; `parse_intermixed_args` would, but refuses parsers with sub-commands (all of ours). So the
+    runs argparse leaves over are appended to `overrides` of the (sub-)command that takes them; anything else
+    left over is the usual "unrecognized arguments" error.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _report(command: str, e: BaseException, message: str, debug: bool) -> int:

@@ -27,12 +27,13 @@ class ClusterConfig:
     partition: str = ""  # "" = the cluster's default partition
     account: str = ""
     qos: str = ""
-    constraint: str = ""  # e.g. "a100" (sbatch --constraint)
+    constraint: str = ""  # site-specific node feature, e.g. "a100" (sbatch --constraint; `sinfo -o "%N %f"`)
     nodes: int = 1
     gpus_per_node: int = 0
     tasks_per_node: int = 1  # one per GPU on GPU configs
-    cpus_per_task: int = 1  # data-loader workers + 1
-    mem_gb: float = 0.0  # per node; 0 = do not ask (cluster default)
+    cpus_per_task: int = 1  # per task (srun gets it too): data-loader workers + the rank's own threads
+    mem_gb: float = 0.0  # per node; 0 = do not ask (cluster default), or with exclusive: --mem=0 (all of it)
+    omp_threads: int = 0  # OMP_NUM_THREADS per rank; 0 = cpus_per_task minus loader workers (launch.threads)
     time_min: int = 60
     signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint + requeue
     max_requeues: int = 3  # preemptions + time-outs a run may survive (counted in <run_dir>/launch/)
@@ -57,7 +58,7 @@ class ClusterConfig:
         for key in ("nodes", "tasks_per_node", "cpus_per_task", "time_min"):
             if getattr(self, key) < 1:
                 raise bad(key, "set an integer >= 1")
-        for key in ("gpus_per_node", "max_requeues", "signal_delay_s", "array_parallelism"):
+        for key in ("gpus_per_node", "max_requeues", "signal_delay_s", "array_parallelism", "omp_threads"):
             if getattr(self, key) < 0:
                 raise bad(key, "set an integer >= 0")
         if self.mem_gb < 0:

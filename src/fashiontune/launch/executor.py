@@ -9,12 +9,22 @@ Two things submitit leaves to us:
 - preemption at any moment: every task runs `fashiontune.launch.task` (see there) instead of submitit's
   `_submit`, and the batch shell ignores USR2 (`scancel --full` or `--signal=B:USR2` must not kill it; srun
   still forwards the signal to the tasks).
+- log folders that exist when SLURM opens them: submitit points the batch log at `<log_dir>/<job id>/`, a
+  folder it creates only after `sbatch` has returned, and SLURM fails a job whose log folder is missing
+  (JobLaunchFailure, no log). The batch shell's own log goes to `<log_dir>/%x-%j.out` instead (log_dir exists
+  before sbatch runs: submitit writes the pickle and the script there), and its first line creates the job's
+  folder before srun opens the per-task logs in it.
+- srun's resources: SLURM 22.05/23.02's srun does not inherit `--cpus-per-task` (each task would get one core
+  for itself and all its loader workers), so it is passed explicitly; `--gpu-bind=none` because a site default
+  binding one GPU per task would leave each rank one visible GPU while it picks cuda:LOCAL_RANK.
+- no `--wckey=submitit` (submitit's default: sites that track wckeys reject or misfile an unknown one).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import replace
@@ -118,8 +128,17 @@ def as_slurm_job(job: submitit.Job) -> submitit.Job:
     return job
 
 
-def slurm_parameters(cluster: ClusterConfig, job_name: str, single_task: bool = False) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters; `single_task`: one process on one node (array tasks, merge)."""
+def log_root(cluster: ClusterConfig) -> Path:
+    """submitit's folder without the job id: it exists before sbatch runs."""
+    return Path(cluster.log_dir).absolute()
+
+
+def slurm_parameters(cluster: ClusterConfig, job_name: str, single_task: bool = False,
+                     array: bool = False) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters; `single_task`: one process on one node (array tasks, merge);
+    `array`: the parameters of a job array's tasks (log names carry %A_%a)."""
+    job_id = "%A_%a" if array else "%j"
+    batch_log = str(log_root(cluster) / f"%x-{job_id}.out")  # the batch shell's output (setup, srun's messages)
     p: dict[str, Any] = {
         "job_name": job_name,
         "time": cluster.time_min,
@@ -128,8 +147,10 @@ def slurm_parameters(cluster: ClusterConfig, job_name: str, single_task: bool = 
         "cpus_per_task": cluster.cpus_per_task,
         "signal_delay_s": cluster.signal_delay_s,
         "array_parallelism": cluster.array_parallelism,
-        "srun_args": ["--kill-on-bad-exit=1"],
-        "additional_parameters": {"requeue": True, **cluster.sbatch_additional()},
+        "srun_args": ["--kill-on-bad-exit=1", f"--cpus-per-task={cluster.cpus_per_task}", "--gpu-bind=none"],
+        "wckey": None,  # None: submitit writes no --wckey line
+        "additional_parameters": {"requeue": True, "output": batch_log, "error": batch_log,
+                                  **cluster.sbatch_additional()},
     }
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(cluster, key):
@@ -138,14 +159,20 @@ def slurm_parameters(cluster: ClusterConfig, job_name: str, single_task: bool = 
         p["gpus_per_node"] = cluster.gpus_per_node
     if cluster.mem_gb:
         p["mem"] = _slurm._convert_mem(cluster.mem_gb)
+    elif cluster.exclusive:
+        p["mem"] = "0"  # the whole node: its memory too (--exclusive alone may leave DefMemPerCPU x CPUs)
     if cluster.exclusive:
         p["exclusive"] = True
-    p["setup"] = [f"trap '' {SIGNAL_NAME}  # the tasks handle it (fashiontune.launch.task)", *cluster.setup]
+    task_dir = "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" if array else "${SLURM_JOB_ID}"
+    p["setup"] = [f"trap '' {SIGNAL_NAME}  # the tasks handle it (fashiontune.launch.task)",
+                  f'mkdir -p {shlex.quote(str(log_root(cluster)))}/"{task_dir}"  # srun opens the task logs there',
+                  *cluster.setup]
     return p
 
 
-def make_executor(cluster: ClusterConfig, job_name: str, single_task: bool = False, dry_run: bool = False):
-    folder = Path(cluster.log_dir).absolute() / "%j"
+def make_executor(cluster: ClusterConfig, job_name: str, single_task: bool = False, dry_run: bool = False,
+                  array: bool = False):
+    folder = log_root(cluster) / "%j"
     python = cluster.python or None
     if cluster.executor == ExecutorKind.local:
         ex = LocalExecutor(folder=folder, max_num_timeout=cluster.max_requeues, python=python)
@@ -165,7 +192,7 @@ def make_executor(cluster: ClusterConfig, job_name: str, single_task: bool = Fal
     cls = _DryRunSlurmExecutor if dry_run else SlurmExecutor
     ex = cls(folder=folder, max_num_timeout=cluster.max_requeues, python=python)
     # SlurmExecutor.update_parameters takes sbatch names (time, ntasks_per_node, mem="16GB") as they are.
-    ex.update_parameters(**slurm_parameters(cluster, job_name, single_task))
+    ex.update_parameters(**slurm_parameters(cluster, job_name, single_task, array))
     return ex
 
 
@@ -175,7 +202,7 @@ def sbatch_script(cluster: ClusterConfig, job_name: str, single_task: bool = Fal
     if cluster.executor == ExecutorKind.local:
         return (f"# executor: local -- no sbatch script; {cluster.tasks_per_node} task(s) run as subprocesses "
                 f"of this machine, logs in {Path(cluster.log_dir).absolute()}/<job id>/\n")
-    ex = make_executor(replace(cluster), job_name, single_task=single_task, dry_run=True)
+    ex = make_executor(replace(cluster), job_name, single_task=single_task, dry_run=True, array=bool(array_size))
     if array_size:
         ex.parameters["map_count"] = array_size
     if dependency:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fashiontune.launch import env as dist_env
-from fashiontune.launch import registry
+from fashiontune.launch import registry, threads
 
 class RequeueLimitReached(RuntimeError):
     pass
@@ -51,23 +51,26 @@ def current_job_id() -> str:
 class JobRunner:
     """Picklable: holds only the job name, its config and the requeue budget."""
 
-    def __init__(self, job: str, config: Any, run_dir: str, max_requeues: int) -> None:
+    def __init__(self, job: str, config: Any, run_dir: str, max_requeues: int, omp_threads: int = 0) -> None:
         self.job = job
         self.config = config
         self.run_dir = str(run_dir)
         self.max_requeues = max_requeues
+        self.omp_threads = omp_threads  # 0 = this task's CPUs minus its loader workers (launch.threads)
 
     def __call__(self) -> Any:
         spec = registry.get(self.job)
         if spec.distributed:
             dist = dist_env.setup()
+            threads.apply(self.config, getattr(self, "omp_threads", 0))
         else:
             dist = dist_env.DistEnv()
         n = requeue_count(self.run_dir, current_job_id())
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         print(
             f"[fashiontune] job={self.job} run_dir={self.run_dir} host={socket.gethostname()} {dist.describe()} "
-            f"requeues_so_far={n}/{self.max_requeues} slurm_restart_count={restarts}",
+            f"requeues_so_far={n}/{self.max_requeues} slurm_restart_count={restarts} "
+            f"omp_threads={os.environ.get('OMP_NUM_THREADS', '')}",
             flush=True,
         )
         return spec.function()(self.config)
@@ -91,4 +94,5 @@ class JobRunner:
             f.write(json.dumps(record) + "\n")
         print(f"[fashiontune] requeue {n + 1}/{self.max_requeues} of {self.job}: resuming from {self.run_dir}",
               flush=True)
-        return submitit.helpers.DelayedSubmission(JobRunner(self.job, self.config, self.run_dir, self.max_requeues))
+        return submitit.helpers.DelayedSubmission(JobRunner(self.job, self.config, self.run_dir, self.max_requeues,
+                                                            getattr(self, "omp_threads", 0)))

@@ -117,7 +117,7 @@ def _submit(job: str, cfg: Any, cluster: ClusterConfig, since: float) -> Submiss
         return _submit_array(spec, cfg, cluster, run_dir, name, since)
     ex = make_executor(cluster, name, single_task=not spec.distributed)
     with submitit.helpers.clean_env():  # a job submitted from inside a job must not inherit its SLURM_*
-        j = as_slurm_job(ex.submit(JobRunner(job, cfg, str(run_dir), cluster.max_requeues)))
+        j = as_slurm_job(ex.submit(JobRunner(job, cfg, str(run_dir), cluster.max_requeues, cluster.omp_threads)))
     return Submission(job, run_dir, cluster, [j], labels=[job], config=cfg, submitted_at=since)
 
 
@@ -129,8 +129,8 @@ def _submit_array(spec: registry.JobSpec, cfg: Any, cluster: ClusterConfig, run_
                   since: float) -> Submission:
     n = spec.array_size(cfg)
     runners = [JobRunner(spec.name, dataclasses.replace(cfg, **{spec.array.index_key: i}), str(run_dir),
-                         cluster.max_requeues) for i in range(n)]
-    ex = make_executor(cluster, name, single_task=True)
+                         cluster.max_requeues, cluster.omp_threads) for i in range(n)]
+    ex = make_executor(cluster, name, single_task=True, array=True)
     with submitit.helpers.clean_env():
         with ex.batch():
             delayed = [ex.submit(r) for r in runners]
