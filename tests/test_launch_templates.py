@@ -79,7 +79,8 @@ def test_threads_cli_reads_the_workers_from_config_and_overrides_in_any_order(ca
     cfg = REPO / "configs/tiny-kagl-softmax.yaml"  # data.workers: 1
     assert threads.main(["train", "8", "--config", str(cfg)]) == 0
     assert threads.main(["train", "8", "data.workers=3", "--config", str(cfg), "name=x"]) == 0
-    assert capsys.readouterr().out.split() == ["7", "5"]
+    assert threads.main(["eval", "8", "data.num_workers=2", "--config", str(REPO / "configs/eval/tiny.yaml")]) == 0
+    assert capsys.readouterr().out.split() == ["7", "5", "6"]
 
 
 def test_apply_pins_or_derives_omp_threads_of_a_task():

@@ -28,7 +28,8 @@ def rank_threads(cpus: int, workers: int) -> int:
 
 def loader_workers(cfg: Any, cpus: int) -> int:
     """DataLoader worker processes per rank that a job config starts on `cpus` CPUs (0 for jobs without one)."""
-    value = getattr(getattr(cfg, "data", None), "workers", 0)
+    data = getattr(cfg, "data", None)
+    value = getattr(data, "workers", getattr(data, "num_workers", 0))  # train: data.workers, eval: data.num_workers
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     # "auto": sized from the allocation by the loader's own rule (fashiontune.data.workers), for `cpus` CPUs
