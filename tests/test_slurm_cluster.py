@@ -78,6 +78,8 @@ def test_two_task_job_through_the_cli(dev_cluster, tmp_path, capsys):
                    "world_size": 2, "resumed_from": 0, "rank": 0}
     start = json.loads((run / "starts.jsonl").read_text().splitlines()[0])
     assert start["master"].endswith(f":{20000 + int(start['job_id'])}")  # rendezvous from the SLURM job id
+    batch_log = tmp_path / f"logs/fashiontune-smoke-{start['job_id']}.out"  # the batch shell's, named in the output
+    assert f"batch shell: {batch_log}" in out and batch_log.exists()
 
 
 def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(dev_cluster, tmp_path):

@@ -24,7 +24,7 @@ import submitit
 from fashiontune.config import load_config
 from fashiontune.launch import registry
 from fashiontune.launch.cluster import ClusterConfig, ExecutorKind
-from fashiontune.launch.executor import as_slurm_job, make_executor, sbatch_script
+from fashiontune.launch.executor import as_slurm_job, log_root, make_executor, sbatch_script
 from fashiontune.launch.runner import JobRunner
 
 
@@ -60,6 +60,8 @@ class Submission:
         lines = [f"submitted {self.job} {where}: job {', '.join(self.job_ids)}; "
                  f"{first.num_tasks} task(s) per job; run dir {self.run_dir}",
                  f"  logs: {first.paths.stdout}  (and {first.paths.stderr.name}; one pair per task)"]
+        if self.cluster.executor == ExecutorKind.slurm:  # setup lines, srun's own messages
+            lines.append(f"  batch shell: {log_root(self.cluster)}/{job_name(self.cluster, self.job)}-{first.job_id}.out")
         if self.merge is not None:
             lines.append(f"  merge: job {self.merge.job_id} runs after every array task succeeded")
         return "\n".join(lines)
