@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_data_pipeline import RANDOM_AUG, TO_TENSOR, cfg, uneven  # noqa: F401 (fixture)
+from test_data_pipeline import RANDOM_AUG, TO_TENSOR, cfg, write_shards
 
 from fashiontune.data import EpochMode, make_loader
 
 pytestmark = pytest.mark.distributed  # starts DataLoader worker processes (~1-2 s)
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("uneven"), [7, 3, 12, 5, 9])  # 36 samples, 5 uneven shards
 
 
 def _batches(loader, limit: int | None = None) -> list[tuple]:
@@ -32,7 +37,7 @@ def _worker_pids(loader) -> list[int]:
 
 @pytest.mark.parametrize("mode", [EpochMode.exact, EpochMode.resampled])
 def test_persistent_workers_yield_the_batches_of_fresh_ones(uneven, mode):
-    c = dict(batch_size=4, workers=2, epoch_mode=mode, samples_per_epoch=30)
+    c = {"batch_size": 4, "workers": 2, "epoch_mode": mode, "samples_per_epoch": 30}
     kept = make_loader(cfg(uneven, persistent_workers=True, **c), train=True, transform=RANDOM_AUG, rank=1, world_size=2)
 
     def fresh(epoch: int, state: dict | None = None) -> list[tuple]:

@@ -8,12 +8,12 @@ import logging
 import pytest
 import torch
 from PIL import Image
+from test_data_pipeline import cfg, write_shards
 from torchvision import transforms as T
 
 from fashiontune.data import make_loader, to_device
 from fashiontune.data.images import ImageNorm, split_transform
 from fashiontune.data.stream import seeded
-from test_data_pipeline import cfg, write_shards
 
 
 def _pictures() -> list[Image.Image]:

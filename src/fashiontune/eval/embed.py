@@ -100,13 +100,15 @@ class RangeBatches(IterableDataset):
 
 
 @torch.no_grad()
-def embed_range(loaded, shards, start, end, batch_size, num_workers, device, precision, pin_memory=False) -> dict:
+def embed_range(loaded, shards, start, end, batch_size, num_workers, device, precision, pin_memory=False,
+                uint8: bool = True) -> dict:
     """Embed items [start, end) of the split on this rank. Image features stay raw (unnormalised, fp32): exported
-    linear heads need them; scoring normalises. Text features are L2-normalised."""
-    model = loaded.model.to(device).eval()
+    linear heads need them; scoring normalises. Text features are L2-normalised. `uint8=False` ships float
+    images from the workers (bench/eval.py --embed compares)."""
+    loaded.model.to(device).eval()
     has_text = bool(getattr(loaded, "has_text", loaded.tokenizer is not None))
-    worker_transform, norm, why = split_transform(loaded.preprocess_val)
-    if norm is None:
+    worker_transform, norm, why = split_transform(loaded.preprocess_val) if uint8 else (loaded.preprocess_val, None, "")
+    if norm is None and why:
         log.warning("eval decode workers ship float32 images (4x the bytes of uint8): %s", why)
     ds = RangeBatches(shards, start, end, batch_size, worker_transform, loaded.tokenizer if has_text else None)
     dl = DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
