@@ -58,16 +58,24 @@ def test_real_architecture_transforms_split_exactly():
 
 @pytest.mark.parametrize("resize_mode", ["squash", "longest", "shortest"])
 def test_other_open_clip_compose_variants_split_exactly(resize_mode):
-    """open_clip's other preprocess variants (SigLIP-style 0.5/0.5 squash at 384 px, ResizeKeepRatio +
-    CenterCropOrPad, bicubic) and a train transform with colour jitter and grayscale."""
-    import open_clip
+    """open_clip's other preprocess variants: SigLIP-style 0.5/0.5 with a squash resize, ResizeKeepRatio +
+    CenterCropOrPad, bicubic."""
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     pp = PreprocessCfg(size=96, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
-                                 resize_mode=resize_mode)
+                       resize_mode=resize_mode)
     _assert_split_is_exact(image_transform_v2(pp, is_train=False))
-    aug = {"color_jitter": (0.4, 0.4, 0.4, 0.1), "color_jitter_prob": 1.0, "gray_scale_prob": 0.5}
-    _assert_split_is_exact(open_clip.image_transform(96, is_train=True, aug_cfg=aug))
+
+
+def test_timm_augmentation_splits_exactly_and_random_erasing_ships_float():
+    """open_clip's use_timm train transform (timm's crop, colour jitter, MaybeToTensor, Normalize; also what
+    model.backbone=timm gets) splits; with random erasing (a tensor step after Normalize) it cannot."""
+    import open_clip
+
+    timm_aug = open_clip.image_transform(96, is_train=True, aug_cfg={"use_timm": True, "color_jitter": 0.4})
+    _assert_split_is_exact(timm_aug)
+    erasing = open_clip.image_transform(96, is_train=True, aug_cfg={"use_timm": True, "re_prob": 0.25})
+    assert split_transform(erasing)[1] is None
 
 
 def test_unrecognised_transforms_keep_float_with_a_reason(caplog):
