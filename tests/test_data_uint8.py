@@ -121,3 +121,13 @@ def test_image_norm_on_cuda_is_bit_identical():
     pixels = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
     norm = ImageNorm(mean, std)
     assert torch.equal(norm.apply(pixels.pin_memory(), "cuda").cpu(), norm.apply(pixels))
+
+
+def test_timm_backbone_transforms_split_exactly():
+    """model.backbone=timm: timm.data.create_transform's train (crop, flip, jitter) and val transforms."""
+    from fashiontune.models import load_clip
+    from fashiontune.models.config import ModelConfig
+
+    timm = load_clip(ModelConfig(name="ft-tiny-vit", image_size=32, backbone="timm", timm_name="resnet18"))
+    _assert_split_is_exact(timm.preprocess_train)
+    _assert_split_is_exact(timm.preprocess_val)
