@@ -157,7 +157,7 @@ def test_decode_workers_keep_the_order(shards, tmp_path):
     so the embedded split is the same, in the same order, bit for bit, as with no workers."""
     from fashiontune.eval.run import run_eval
 
-    a = run_eval(cfg_for(shards, tmp_path / "w0", "plots.grid_queries=0"))
+    a = run_eval(cfg_for(shards, tmp_path / "w0", "plots.grid_queries=0", "data.num_workers=0"))
     b = run_eval(cfg_for(shards, tmp_path / "w2", "plots.grid_queries=0", "data.num_workers=2"))
     assert strip(a) == strip(b)
     for f in ("items.json", "image.npy"):

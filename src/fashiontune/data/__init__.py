@@ -6,10 +6,19 @@
                         rank=accelerator.process_index, world_size=accelerator.num_processes)
     val = make_loader(cfg.data, train=False, transform=loaded.preprocess_val, ...)
 
-Batches (the contract between the loader and the tasks, on CPU; `to_device(batch, device)` moves them):
+Batches (the contract between the loader and the tasks, after `to_device(batch, device)`):
     "image" float B x 3 x H x W (H, W from the transform), "text" LongTensor B x L (only with a tokenizer),
     "labels" {field: LongTensor B (-1 = missing/unknown) | FloatTensor B x V multi-hot}, "key", "group_id",
     plus "caption" list[str] (the raw text) and "valid" BoolTensor B (False only in padding batches).
+With `data.uint8_batches` (default) and a transform ending in ToTensor, Normalize (every open_clip one), the
+loader's own batches hold the uint8 "image" ToTensor would have divided, plus "image_norm" (mean, std);
+to_device makes the normalised float image on the device, bit-identical to the float pipeline (images.py).
+
+Resources (workers.py): `data.workers: auto` = the CPUs this rank may use (its affinity set, i.e. SLURM's
+binding) - 1, capped at 12; `data.pin_memory: auto` = on when CUDA is there; `data.persistent_workers` keeps
+one set of worker processes for every epoch, resume and validation pass of a loader (the stream reads its
+epoch and resume offsets from shared memory at the start of each pass, so the batches are those of fresh
+workers). One pass at a time per loader.
 
 Split. The loader splits itself by (rank, world_size) and by DataLoader worker; don't `accelerator.prepare` it.
 

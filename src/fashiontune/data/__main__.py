@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fashiontune.data", description=main.__doc__)
     p.add_argument("shards", help="a shard directory (manifest.json inside)")
     p.add_argument("--model", default="ft-tiny-vit", help="open_clip model whose transforms to use")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--workers", nargs="+", default=["0", "auto"], help="counts or auto")
     p.add_argument("--batches", type=int, default=20, help="timed batches per setting (after 2 warm-up ones)")
     p.add_argument("overrides", nargs="*", help="data config overrides, e.g. batch_size=64")
     args = p.parse_intermixed_args(argv)

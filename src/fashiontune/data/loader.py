@@ -7,6 +7,7 @@ The loader splits data itself (rank/world_size passed in, workers from the confi
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -15,11 +16,15 @@ from torch.utils.data import DataLoader
 
 from fashiontune.data.balance import ClassBalancer
 from fashiontune.data.config import DataConfig, EpochMode
+from fashiontune.data.images import ImageNorm, split_transform
 from fashiontune.data.labels import build_encoders
 from fashiontune.data.manifest import ManifestError, read_manifest, split_shards
 from fashiontune.data.plan import exact_worker_batches, resampled_worker_batches, round_robin_position
 from fashiontune.data.samples import iter_tar
-from fashiontune.data.stream import Collator, ShardStream, draft_size, sample_seed
+from fashiontune.data.stream import Collator, ShardStream, StreamPosition, draft_size, sample_seed
+from fashiontune.data.workers import resolve_pin_memory, resolve_workers
+
+log = logging.getLogger(__name__)
 
 
 class ShardLoader:
@@ -50,11 +55,13 @@ class ShardLoader:
         # Validation is always an exact, unshuffled pass with every sample kept.
         self.mode = cfg.epoch_mode if train else EpochMode.exact
         self.batch_size = cfg.batch_size if train else (cfg.val_batch_size or cfg.batch_size)
-        self.workers = max(cfg.workers, 1)  # logical workers: num_workers=0 reads as one worker in-process
+        self.num_workers = resolve_workers(cfg.workers)  # DataLoader processes ("auto": from the allocation)
+        self.workers = max(self.num_workers, 1)  # logical workers: num_workers=0 reads as one worker in-process
         self.encoders = build_encoders(self.manifest, fields or cfg.label_fields)
         # Draft decoding only for training: validation decodes in full, like the eval job, so metrics agree.
         draft = draft_size(transform) if cfg.jpeg_draft and train else None
-        self.collate = Collator(transform, self.encoders, tokenizer, draft)
+        worker_transform, norm = _ship(transform, cfg.uint8_batches)
+        self.collate = Collator(worker_transform, self.encoders, tokenizer, draft, norm)
         self.balancer = (
             ClassBalancer(self.manifest, cfg.balance_field, split, cfg.balance_power)
             if train and cfg.balance_field else None
@@ -72,6 +79,8 @@ class ShardLoader:
         self.num_batches = max(self.rank_batches) if cfg.even_batches else self.rank_batches[rank]
         self.epoch, self._skip, self._consumed = 0, 0, 0
         self._pad: dict | None = None
+        self._position = StreamPosition(self.workers)
+        self._dl: DataLoader | None = None  # built on first use; with persistent workers, kept for every pass
 
     # -- position -------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -104,7 +113,8 @@ class ShardLoader:
             if strict:
                 raise ValueError(
                     f"data position was saved for {state['plan']} but this loader is {self._plan_key()}; the same "
-                    "batch sequence cannot be reproduced. Resume with the same data config and world size, or "
+                    "batch sequence cannot be reproduced. Resume with the same data config and world size (with "
+                    "data.workers=auto the count comes from the CPUs; pin it with data.workers=N), or "
                     "pass strict=False to restart the saved epoch from its beginning."
                 )
             self.epoch, self._skip = int(state["epoch"]), 0
@@ -114,16 +124,29 @@ class ShardLoader:
         self.epoch, self._skip = int(state["epoch"]), int(state["batches"])
 
     # -- iteration ------------------------------------------------------------------------------------
-    def _stream(self, skip: int) -> ShardStream:
-        taken, nxt = round_robin_position(self.worker_batches, skip)
-        return ShardStream(
-            shards=self.shards, collate=self.collate, mode=self.mode, batch_size=self.batch_size,
-            rank=self.rank, world_size=self.world_size, workers=self.workers,
-            worker_batches=self.worker_batches, worker_skip=taken, rotation=nxt, epoch=self.epoch,
-            seed=self.cfg.seed, shuffle_buffer=self.cfg.shuffle_buffer if self.train else 0,
-            shuffle_shards=self.cfg.shuffle_shards and self.train, balancer=self.balancer,
-            seeded_augment=self.train,
-        )
+    def _loader(self) -> DataLoader:
+        """One DataLoader for the loader's lifetime. Its stream reads (epoch, resume offsets) from the shared
+        position at the start of each pass, so persistent workers serve every epoch, resume and validation pass
+        without being forked again, and yield the same batches as fresh ones (tests/test_data_persistent.py)."""
+        if self._dl is None:
+            stream = ShardStream(
+                shards=self.shards, collate=self.collate, mode=self.mode, batch_size=self.batch_size,
+                rank=self.rank, world_size=self.world_size, workers=self.workers,
+                worker_batches=self.worker_batches, position=self._position, seed=self.cfg.seed,
+                shuffle_buffer=self.cfg.shuffle_buffer if self.train else 0,
+                shuffle_shards=self.cfg.shuffle_shards and self.train, balancer=self.balancer,
+                seeded_augment=self.train,
+            )
+            n = self.num_workers
+            self._dl = DataLoader(
+                stream, batch_size=None, num_workers=n, pin_memory=resolve_pin_memory(self.cfg.pin_memory),
+                prefetch_factor=self.cfg.prefetch_factor if n else None,
+                persistent_workers=bool(n and self.cfg.persistent_workers),
+                # its own generator: DataLoader would otherwise draw worker seeds from the training RNG (the data
+                # does not depend on it: shuffles and augmentations are seeded per epoch/worker/sample)
+                generator=torch.Generator().manual_seed(hash((self.cfg.seed, self.rank)) % 2**62),
+            )
+        return self._dl
 
     def padding_batch(self) -> dict:
         """The first samples of the split (manifest order), marked valid=False: what short ranks repeat."""
@@ -139,14 +162,9 @@ class ShardLoader:
         self._consumed = skip
         real = self.rank_batches[self.rank]
         if skip < real:
-            workers = self.cfg.workers
-            dl = DataLoader(
-                self._stream(skip), batch_size=None, num_workers=workers, pin_memory=self.cfg.pin_memory,
-                prefetch_factor=self.cfg.prefetch_factor if workers else None, persistent_workers=False,
-                # its own generator: DataLoader would otherwise draw worker seeds from the training RNG
-                generator=torch.Generator().manual_seed(hash((self.cfg.seed, self.epoch, self.rank)) % 2**62),
-            )
-            for batch in dl:
+            taken, nxt = round_robin_position(self.worker_batches, skip)
+            self._position.set(self.epoch, nxt, taken)  # before iter(): the workers read it as their pass starts
+            for batch in self._loader():
                 self._consumed += 1
                 yield batch
             if self._consumed != real:  # a silent shortfall would hang DDP at the next collective
@@ -187,12 +205,28 @@ def make_loader(
     )
 
 
+def _ship(transform: Callable, uint8: bool) -> tuple[Callable, ImageNorm | None]:
+    """(worker transform, device normalisation): uint8 batches when the transform allows it (data/images.py)."""
+    if not uint8:
+        return transform, None
+    worker, norm, why = split_transform(transform)
+    if norm is None:
+        log.warning("data loader ships float32 images (4x the bytes of uint8): %s", why)
+    return worker, norm
+
+
 def to_device(batch: dict, device: torch.device | str, non_blocking: bool = True) -> dict:
-    """Move the tensors of a batch (including the labels dict) to `device`; lists stay as they are."""
+    """Move the tensors of a batch (including the labels dict) to `device`; lists stay as they are. A uint8
+    "image" (data.uint8_batches) is turned into the normalised float32 image there: the batch contract after
+    this call is the same either way."""
     def move(x):
         if isinstance(x, torch.Tensor):
             return x.to(device, non_blocking=non_blocking)
         if isinstance(x, dict):
             return {k: move(v) for k, v in x.items()}
         return x
-    return move(batch)
+    norm = batch.get("image_norm")
+    out = move({k: v for k, v in batch.items() if k != "image_norm"})
+    if norm is not None:
+        out["image"] = norm.apply(batch["image"], device, non_blocking)
+    return out

@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -21,6 +21,7 @@ from webdataset.filters import shuffle as wds_shuffle
 
 from fashiontune.data.balance import ClassBalancer
 from fashiontune.data.config import EpochMode
+from fashiontune.data.images import ImageNorm
 from fashiontune.data.labels import LabelEncoder
 from fashiontune.data.manifest import ShardInfo
 from fashiontune.data.plan import rng_for, shard_order, slot_range
@@ -68,6 +69,8 @@ class Collator:
     encoders: dict[str, LabelEncoder]
     tokenizer: Callable[[list[str]], torch.Tensor] | None = None
     draft: int | None = None  # decode JPEGs at reduced scale when they are >= 2x this size (see draft_size)
+    # uint8 batches: `transform` gives uint8 (images.split_transform) and to_device applies this on the device
+    norm: ImageNorm | None = None
 
     def decode(self, sample: dict, aug_seed: int | None = None) -> dict:
         meta = sample_meta(sample)
@@ -93,14 +96,35 @@ class Collator:
             "caption": captions,
             "valid": torch.full((len(items),), valid, dtype=torch.bool),
         }
+        if self.norm is not None:
+            batch["image_norm"] = self.norm  # uint8 "image": to_device normalises it (data/images.py)
         if self.tokenizer is not None:
             batch["text"] = self.tokenizer(captions)
         return batch
 
 
+class StreamPosition:
+    """Where the next pass of a ShardStream starts: (epoch, rotation, batches each logical worker skips).
+
+    Persistent DataLoader workers keep the dataset object they were started with and call iter() on it again
+    for each pass, so the parent cannot hand them a new stream: it writes the position into this shared-memory
+    tensor before iter(DataLoader), and each worker reads it when its pass starts."""
+
+    def __init__(self, workers: int) -> None:
+        self.tensor = torch.zeros(2 + workers, dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int, rotation: int, skips: Sequence[int]) -> None:
+        self.tensor.copy_(torch.tensor([epoch, rotation, *skips], dtype=torch.int64))
+
+    def get(self) -> tuple[int, int, list[int]]:
+        epoch, rotation, *skips = self.tensor.tolist()
+        return epoch, rotation, skips
+
+
 @dataclass
 class ShardStream(IterableDataset):
-    """One rank's share of one epoch; each DataLoader worker reads its own slot (see plan.py)."""
+    """One rank's share of one epoch; each DataLoader worker reads its own slot (see plan.py), from the epoch
+    and resume offsets `position` holds when its pass starts."""
 
     shards: list[ShardInfo]
     collate: Collator
@@ -109,32 +133,31 @@ class ShardStream(IterableDataset):
     rank: int
     world_size: int
     workers: int  # logical workers per rank (1 when the DataLoader has num_workers=0)
-    worker_batches: list[int]  # batches each logical worker yields this epoch
-    worker_skip: list[int] = field(default_factory=list)  # batches each logical worker skips (resume)
-    rotation: int = 0  # physical worker j plays logical worker (j + rotation) % workers (resume order)
-    epoch: int = 0
+    worker_batches: list[int]  # batches each logical worker yields per epoch
+    # epoch; physical worker j plays logical worker (j + rotation) % workers; batches each skips (resume)
+    position: StreamPosition
     seed: int = 0
     shuffle_buffer: int = 0
     shuffle_shards: bool = False
     balancer: ClassBalancer | None = None
     seeded_augment: bool = False  # seed random transforms per (seed, epoch, key): resumes reproduce augmentations
 
-    def _exact_samples(self, worker: int) -> Iterator[dict]:
-        order = [self.shards[i] for i in shard_order(len(self.shards), self.seed, self.epoch, self.shuffle_shards)]
+    def _exact_samples(self, worker: int, epoch: int) -> Iterator[dict]:
+        order = [self.shards[i] for i in shard_order(len(self.shards), self.seed, epoch, self.shuffle_shards)]
         total = sum(s.count for s in order)
         lo, hi = slot_range(total, self.rank * self.workers + worker, self.world_size * self.workers)
         for pos, sample in iter_range(order, lo, hi):
             sample["__index__"] = pos  # position in this epoch's shard order (validation: the manifest's order)
             yield sample
 
-    def _resampled_samples(self, worker: int) -> Iterator[dict]:
-        rng = rng_for("resample", self.seed, self.epoch, self.rank, worker)
+    def _resampled_samples(self, worker: int, epoch: int) -> Iterator[dict]:
+        rng = rng_for("resample", self.seed, epoch, self.rank, worker)
         weights = [s.count for s in self.shards]  # a sample, not a shard, is equally likely
         while True:
             yield from iter_tar(rng.choices(self.shards, weights)[0].path)
 
-    def _balanced(self, samples: Iterator[dict], worker: int) -> Iterator[dict]:
-        rng = rng_for("balance", self.seed, self.epoch, self.rank, worker)
+    def _balanced(self, samples: Iterator[dict], worker: int, epoch: int) -> Iterator[dict]:
+        rng = rng_for("balance", self.seed, epoch, self.rank, worker)
         for s in samples:
             if rng.random() < self.balancer.probability(sample_meta(s).get("labels", {})):
                 yield s
@@ -144,15 +167,16 @@ class ShardStream(IterableDataset):
         physical, n_physical = (info.id, info.num_workers) if info else (0, 1)
         if n_physical != self.workers:
             raise RuntimeError(f"ShardStream planned for {self.workers} workers but runs under {n_physical}")
-        worker = (physical + self.rotation) % self.workers
-        n, skip = self.worker_batches[worker], (self.worker_skip[worker] if self.worker_skip else 0)
+        epoch, rotation, skips = self.position.get()  # what the parent set before this pass
+        worker = (physical + rotation) % self.workers
+        n, skip = self.worker_batches[worker], skips[worker]
         if skip >= n:
             return
-        raw = self._exact_samples(worker) if self.mode == EpochMode.exact else self._resampled_samples(worker)
+        raw = self._exact_samples(worker, epoch) if self.mode == EpochMode.exact else self._resampled_samples(worker, epoch)
         if self.balancer is not None:  # before the shuffle buffer: rejected samples never occupy it
-            raw = self._balanced(raw, worker)
+            raw = self._balanced(raw, worker, epoch)
         if self.shuffle_buffer > 1:
-            rng = rng_for("samples", self.seed, self.epoch, self.rank, worker)
+            rng = rng_for("samples", self.seed, epoch, self.rank, worker)
             raw = wds_shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)(iter(raw))
         # Exact: the slot's range ends the stream (the last batch may be partial unless dropped: n says so).
         # Resampled: the stream is endless and n full batches are taken.
@@ -163,7 +187,7 @@ class ShardStream(IterableDataset):
             aug = None
             if self.seeded_augment:  # exact: by key (layout-free); resampled: by draw, as a key may recur
                 tag = sample["__key__"] if self.mode == EpochMode.exact else f"{self.rank}:{worker}:{pos}"
-                aug = sample_seed(self.seed, self.epoch, tag)
+                aug = sample_seed(self.seed, epoch, tag)
             items.append(self.collate.decode(sample, aug))
             if len(items) == self.batch_size:
                 yield self.collate(items)

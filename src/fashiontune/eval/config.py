@@ -3,7 +3,7 @@
 # No `from __future__ import annotations`: fashiontune.config reads the field types to suggest valid keys.
 import re
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Union
 
 from fashiontune.config import require
 from fashiontune.models import ModelConfig
@@ -23,8 +23,11 @@ class EvalModelConfig(ModelConfig):
 class EvalDataConfig:
     shards: str = "shards/kagl"  # a shard directory with manifest.json (see shards/README.md)
     split: str = "test"
-    batch_size: int = 64  # per rank, for embedding
-    num_workers: int = 0  # decode workers per rank (0 = decode in the main process)
+    batch_size: int = 256  # per rank, for embedding (inference: no gradients, so far more fits than in training)
+    # decode workers per rank: auto (or -1) = the CPUs this rank may use - 1, at most 12 (data/workers.py);
+    # 0 = decode in the main process
+    num_workers: Union[int, str] = "auto"
+    pin_memory: Union[bool, str] = "auto"  # page-locked batches for asynchronous copies; auto = on CUDA
     label_fields: List[str] = field(default_factory=list)  # empty = every label field in the manifest
 
 
@@ -84,7 +87,10 @@ class EvalConfig:
         require(bool(d.shards), source, "data.shards", d.shards, "set the shard directory (holding manifest.json)")
         require(bool(d.split), source, "data.split", d.split, "name a split of the manifest, e.g. test")
         require(d.batch_size >= 1, source, "data.batch_size", d.batch_size, "set an integer >= 1")
-        require(d.num_workers >= 0, source, "data.num_workers", d.num_workers, "set an integer >= 0 (0 = main process)")
+        from fashiontune.data.workers import resolve_pin_memory, resolve_workers
+
+        resolve_workers(d.num_workers, f"{source}: data.num_workers", environ={})  # raises on a bad value
+        resolve_pin_memory(d.pin_memory, f"{source}: data.pin_memory")
         r = self.retrieval
         _check_ks(source, "retrieval.ks", r.ks, r.enabled)
         require(r.chunk_size >= 0, source, "retrieval.chunk_size", r.chunk_size, "set an integer >= 0 (0 = auto)")

@@ -1,4 +1,4 @@
-"""Embed every item of a split on all ranks, gather to every rank, cache on disk.
+"""Embed every item of a split on all ranks, gather to the scoring rank (0), cache on disk.
 
 Partition: the split's items, in manifest shard order and file order within a shard, are cut into batches of
 `batch_size` at GLOBAL positions 0, B, 2B, ...; rank r embeds the contiguous run of batches
@@ -7,6 +7,10 @@ order restores the global order, and each batch holds the same items whatever th
 and several produce bit-identical embeddings. Within a rank, DataLoader worker w decodes a contiguous run of
 the rank's batches (same rule again) and the rank puts the interleaved batches back in order by item index.
 A rank or worker opens only the shards that hold its items.
+
+Keeping the GPU busy: decode workers sized from the allocation ship uint8 images (data/images.py) into pinned
+memory, copied without blocking; features stay on the device until the rank's range is done (one transfer at
+the end, no sync per batch); only rank 0, which scores, receives the other ranks' parts.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from fashiontune.data.images import ImageNorm, split_transform
 from fashiontune.data.manifest import ShardInfo, split_shards
 from fashiontune.data.samples import ShardDataError, decode_rgb, iter_range, sample_caption, sample_meta
 from fashiontune.models.precision import Precision
@@ -95,26 +100,30 @@ class RangeBatches(IterableDataset):
 
 
 @torch.no_grad()
-def embed_range(loaded, shards, start, end, batch_size, num_workers, device, precision) -> dict:
+def embed_range(loaded, shards, start, end, batch_size, num_workers, device, precision, pin_memory=False,
+                uint8: bool = True) -> dict:
     """Embed items [start, end) of the split on this rank. Image features stay raw (unnormalised, fp32): exported
-    linear heads need them; scoring normalises. Text features are L2-normalised."""
-    model = loaded.model.to(device).eval()
+    linear heads need them; scoring normalises. Text features are L2-normalised. `uint8=False` ships float
+    images from the workers (bench/eval.py --embed compares)."""
+    loaded.model.to(device).eval()
     has_text = bool(getattr(loaded, "has_text", loaded.tokenizer is not None))
-    ds = RangeBatches(shards, start, end, batch_size, loaded.preprocess_val, loaded.tokenizer if has_text else None)
-    dl = DataLoader(ds, batch_size=None, num_workers=num_workers, persistent_workers=False)
+    worker_transform, norm, why = split_transform(loaded.preprocess_val) if uint8 else (loaded.preprocess_val, None, "")
+    if norm is None and why:
+        log.warning("eval decode workers ship float32 images (4x the bytes of uint8): %s", why)
+    ds = RangeBatches(shards, start, end, batch_size, worker_transform, loaded.tokenizer if has_text else None)
+    dl = DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
     out = {"index": [], "key": [], "group_id": [], "caption": [], "labels": [], "image": [], "text": []}
     for batch in dl:
         for k in ("index", "key", "group_id", "caption", "labels"):
             out[k].extend(batch[k])
-        with Precision(precision).autocast(device):
-            img = _image_features(loaded, batch["image"].to(device))
-            txt = model.encode_text(batch["text"].to(device)) if has_text else None
-        out["image"].append(img.float().cpu())
+        img, txt = _embed_batch(loaded, batch, device, precision, norm, has_text)
+        out["image"].append(img)  # on the device: no host sync per batch
         if txt is not None:
-            out["text"].append(torch.nn.functional.normalize(txt.float(), dim=-1).cpu())
+            out["text"].append(txt)
     d = _out_dim(loaded)
-    out["image"] = torch.cat(out["image"]) if out["image"] else torch.empty(0, d)
-    out["text"] = (torch.cat(out["text"]) if out["text"] else torch.empty(0, d)) if has_text else None
+    # one device-to-host transfer per tower for the whole range
+    out["image"] = torch.cat(out["image"]).cpu() if out["image"] else torch.empty(0, d)
+    out["text"] = (torch.cat(out["text"]).cpu() if out["text"] else torch.empty(0, d)) if has_text else None
     # workers' batches arrive interleaved: restore the split order
     order = sorted(range(len(out["index"])), key=out["index"].__getitem__)
     for k in ("index", "key", "group_id", "caption", "labels"):
@@ -126,6 +135,15 @@ def embed_range(loaded, shards, start, end, batch_size, num_workers, device, pre
     if out["index"] != list(range(start, end)):
         raise ShardDataError(f"rank range {start}:{end}: read {len(out['index'])} items out of order or incomplete")
     return out
+
+
+def _embed_batch(loaded, batch: dict, device, precision, norm: ImageNorm | None, has_text: bool):
+    """(raw image features, normalised text features or None), fp32, left on `device`."""
+    images = norm.apply(batch["image"], device) if norm is not None else batch["image"].to(device, non_blocking=True)
+    with Precision(precision).autocast(device):
+        img = _image_features(loaded, images)
+        txt = loaded.model.encode_text(batch["text"].to(device, non_blocking=True)) if has_text else None
+    return img.float(), (torch.nn.functional.normalize(txt.float(), dim=-1) if txt is not None else None)
 
 
 def _image_features(loaded, images: torch.Tensor) -> torch.Tensor:
@@ -156,28 +174,31 @@ def embed_prompts(loaded, class_names: Sequence[str], templates: Sequence[str], 
     return torch.nn.functional.normalize(w.T.float(), dim=-1).cpu().numpy()
 
 
-# --------------------------------------------------------------------------- gather across ranks
-def gather_ranks(local: dict, state) -> dict:
-    """Concatenate every rank's part in rank order, on every rank (uneven parts padded for all_gather)."""
+# --------------------------------------------------------------------------- gather to the scoring rank
+def gather_ranks(local: dict, state, counts: Sequence[int]) -> dict | None:
+    """Every rank's part concatenated in rank order, on rank 0 only (None on the others: they do not score).
+    `counts`: items per rank (batch_range's partition, known to every rank), for equal-shaped padded parts."""
     if state.num_processes == 1:
         return local
     import torch.distributed as dist
 
-    meta = [None] * state.num_processes
-    dist.all_gather_object(meta, {k: local[k] for k in ("index", "key", "group_id", "caption", "labels")})
-    merged = {k: [x for m in meta for x in m[k]] for k in meta[0]}
+    main = state.process_index == 0
+    meta = [None] * state.num_processes if main else None
+    dist.gather_object({k: local[k] for k in ("index", "key", "group_id", "caption", "labels")}, meta, dst=0)
+    merged = {k: [x for m in meta for x in m[k]] for k in meta[0]} if main else None
     for name in ("image", "text"):
         t = local[name]
         if t is None:
-            merged[name] = None
+            if main:
+                merged[name] = None
             continue
-        counts = [len(m["index"]) for m in meta]
-        dev = state.device if state.device.type == "cuda" else torch.device("cpu")
+        dev = state.device if state.device.type == "cuda" else torch.device("cpu")  # NCCL gathers device tensors
         pad = torch.zeros(max(counts), t.shape[1], dtype=t.dtype, device=dev)
         pad[: t.shape[0]] = t.to(dev)
-        parts = [torch.empty_like(pad) for _ in counts]
-        dist.all_gather(parts, pad)
-        merged[name] = torch.cat([p[:c].cpu() for p, c in zip(parts, counts)])
+        parts = [torch.empty_like(pad) for _ in counts] if main else None
+        dist.gather(pad, parts, dst=0)
+        if main:
+            merged[name] = torch.cat([p[:c] for p, c in zip(parts, counts)]).cpu()
     return merged
 
 

@@ -53,7 +53,22 @@ def _fields(cfg: EvalConfig, manifest: dict) -> dict[str, dict]:
     return {f: labels[f] for f in names}
 
 
-def _embed(cfg: EvalConfig, manifest: dict, fields: dict, state) -> E.Corpus:
+def _device(state) -> torch.device:
+    return state.device if state.device.type == "cuda" else torch.device("cpu")
+
+
+def cache_fingerprint(cfg: EvalConfig, manifest: dict, fields: dict, model_fp, device_type: str) -> dict:
+    """What the cached embeddings depend on. The precision is the RESOLVED one (auto = bf16 on CUDA, fp32 on
+    CPU): a CPU fp32 cache is not reused by a GPU bf16 run, nor the other way round."""
+    return {"features": "raw-image/normalised-text", "model": model_fp, "shards": str(Path(cfg.data.shards).resolve()),
+            "split": cfg.data.split, "split_shards": manifest["splits"].get(cfg.data.split, {}).get("shards"),
+            "precision": cfg.precision.resolve(device_type).value, "templates": list(cfg.category.templates),
+            "fields": sorted(fields)}
+
+
+def _embed(cfg: EvalConfig, manifest: dict, fields: dict, state) -> E.Corpus | None:
+    """The split's corpus on rank 0; None on the other ranks (they embed their part and hand it to rank 0)."""
+    from fashiontune.data.workers import resolve_pin_memory, resolve_workers
     from fashiontune.eval.model import load_eval_model
 
     shards_dir = Path(cfg.data.shards)
@@ -61,11 +76,17 @@ def _embed(cfg: EvalConfig, manifest: dict, fields: dict, state) -> E.Corpus:
     total = int(manifest["splits"][cfg.data.split]["count"])
     torch.manual_seed(cfg.seed)  # random-init models: every rank (and every run) builds the same weights
     loaded, _ = load_eval_model(cfg.model)
-    device = state.device if state.device.type == "cuda" else torch.device("cpu")
-    start, end = E.batch_range(total, cfg.data.batch_size, state.process_index, state.num_processes)
-    local = E.embed_range(loaded, shards, start, end, cfg.data.batch_size, cfg.data.num_workers, device,
-                          cfg.precision.value)
-    merged = E.gather_ranks(local, state)
+    device = _device(state)
+    precision = cfg.precision.resolve(device.type).value
+    bs, world = cfg.data.batch_size, state.num_processes
+    start, end = E.batch_range(total, bs, state.process_index, world)
+    workers = resolve_workers(cfg.data.num_workers, "data.num_workers")
+    pin = device.type == "cuda" and resolve_pin_memory(cfg.data.pin_memory, "data.pin_memory")
+    local = E.embed_range(loaded, shards, start, end, bs, workers, device, precision, pin_memory=pin)
+    counts = [e - s for s, e in (E.batch_range(total, bs, r, world) for r in range(world))]
+    merged = E.gather_ranks(local, state, counts)
+    if merged is None:
+        return None
     n = len(merged["key"])
     if n != total or merged["index"] != list(range(total)):
         raise ShardDataError(f"embedded {n} items of split {cfg.data.split!r}, manifest.json says {total}")
@@ -73,9 +94,9 @@ def _embed(cfg: EvalConfig, manifest: dict, fields: dict, state) -> E.Corpus:
         raise ShardDataError(f"{shards_dir}: duplicate __key__ values in split {cfg.data.split!r}; rebuild the shards.")
     prompts = {}
     has_text = merged["text"] is not None
-    if has_text and state.is_main_process and (cfg.category.enabled or cfg.classification.zero_shot):
+    if has_text and (cfg.category.enabled or cfg.classification.zero_shot):
         for f, spec in fields.items():
-            prompts[f] = E.embed_prompts(loaded, spec["vocab"], cfg.category.templates, device, cfg.precision.value)
+            prompts[f] = E.embed_prompts(loaded, spec["vocab"], cfg.category.templates, device, precision)
     return E.Corpus(merged["key"], merged["group_id"], merged["caption"], merged["labels"],
                     merged["image"].numpy(), merged["text"].numpy() if has_text else None, prompts)
 
@@ -110,9 +131,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     model_fp = fingerprint(cfg.model)
     if state.is_main_process:
         save_config(cfg, out)
-    fp = {"features": "raw-image/normalised-text", "model": model_fp, "shards": str(Path(cfg.data.shards).resolve()),
-          "split": cfg.data.split, "split_shards": manifest["splits"].get(cfg.data.split, {}).get("shards"),
-          "precision": cfg.precision.value, "templates": list(cfg.category.templates), "fields": sorted(fields)}
+    fp = cache_fingerprint(cfg, manifest, fields, model_fp, _device(state).type)
     cached, why = E.cache_matches(cache_dir, fp) if cfg.cache else (False, "cache=false")
     state.wait_for_everyone()  # every rank has decided before rank 0 may overwrite the cache
     corpus = None
@@ -121,7 +140,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         log.info("scoring cached embeddings from %s", cache_dir)
     if not cached:
         log.info("embedding split %s (%s)", cfg.data.split, why)
-        corpus = _embed(cfg, manifest, fields, state)
+        corpus = _embed(cfg, manifest, fields, state)  # None on ranks > 0: only rank 0 scores
         if state.is_main_process:
             E.save_cache(corpus, cache_dir, fp)
     t_embed = time.perf_counter() - t0
