@@ -41,6 +41,17 @@ def test_unbound_ranks_share_the_machine(cpus):
     assert W.resolve_workers("auto", environ={"LOCAL_WORLD_SIZE": "32"}) == 3  # 4 each
 
 
+def test_ranks_a_launcher_started_inside_one_slurm_task_split_its_cpus(cpus):
+    # slurm/train.sbatch: one srun task per node (--cpus-per-task=64) runs `accelerate launch`, whose 8 ranks
+    # (TORCHELASTIC_RUN_ID set) share those 64 CPUs: 8 each, 7 workers, not 12 x 8 = 96 processes on 64 cores
+    cpus(64)
+    env = {"SLURM_CPUS_PER_TASK": "64", "LOCAL_WORLD_SIZE": "8", "TORCHELASTIC_RUN_ID": "none"}
+    assert W.usable_cpus(env) == 8 and W.resolve_workers("auto", environ=env) == 7
+    # `fashiontune submit`: one SLURM task per rank, bound to its own 8 CPUs: nothing shared
+    cpus(8)
+    assert W.usable_cpus({"SLURM_CPUS_PER_TASK": "8", "LOCAL_WORLD_SIZE": "8"}) == 8
+
+
 def test_explicit_counts_keep_working(cpus):
     cpus(64)
     assert W.resolve_workers(0, environ={}) == 0 and W.resolve_workers(2, environ={}) == 2

@@ -24,22 +24,26 @@ AUTO_WORKERS_CAP = 12
 
 
 def usable_cpus(environ: Mapping[str, str] | None = None) -> int:
-    """CPUs this rank may use: its affinity set, bounded by SLURM_CPUS_PER_TASK, shared with the other local ranks
-    when the process is not bound at all."""
+    """CPUs this rank may use: its affinity set, bounded by SLURM_CPUS_PER_TASK, divided among the local ranks that
+    share it. Ranks share one CPU set when a launcher (torchrun / `accelerate launch`, which set
+    TORCHELASTIC_RUN_ID) started them inside one SLURM task (the sbatch templates: one launcher per node), or when
+    nothing binds them at all (a plain machine); one SLURM task per rank (`fashiontune submit`) shares nothing."""
     env = os.environ if environ is None else environ
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS: no affinity API
         cpus = os.cpu_count() or 1
+    whole_machine = cpus >= (os.cpu_count() or cpus)
     per_task = str(env.get("SLURM_CPUS_PER_TASK", ""))
     if per_task.isdigit() and int(per_task) > 0:
         if cpus < int(per_task):  # srun of SLURM 22.05/23.02 without --cpus-per-task binds a task to one core
             log.warning("this task may run on %d CPU(s) but SLURM_CPUS_PER_TASK=%s: pass --cpus-per-task to srun "
                         "(or set SRUN_CPUS_PER_TASK) so its loader workers get their cores", cpus, per_task)
-        return max(1, min(cpus, int(per_task)))
+        cpus = min(cpus, int(per_task))
     local = str(env.get("LOCAL_WORLD_SIZE", "1"))
-    if local.isdigit() and int(local) > 1 and cpus >= (os.cpu_count() or cpus):
-        cpus //= int(local)  # unbound: every rank of this node sees every CPU
+    shared = "TORCHELASTIC_RUN_ID" in env or (whole_machine and not per_task)
+    if local.isdigit() and int(local) > 1 and shared:
+        cpus //= int(local)
     return max(1, cpus)
 
 

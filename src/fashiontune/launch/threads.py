@@ -39,17 +39,10 @@ def loader_workers(cfg: Any, cpus: int) -> int:
 
 
 def task_cpus(environ: Optional[Mapping[str, str]] = None) -> int:
-    """CPUs this task may run on: its affinity set, bounded by SLURM_CPUS_PER_TASK where binding is off
-    (task/none); ranks of one node that are not bound at all split the node."""
-    env = os.environ if environ is None else environ
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_task = str(env.get("SLURM_CPUS_PER_TASK", ""))
-    if per_task.isdigit() and int(per_task) > 0:
-        return max(1, min(cpus, int(per_task)))
-    local = str(env.get("LOCAL_WORLD_SIZE", "1"))
-    if local.isdigit() and int(local) > 1 and cpus >= (os.cpu_count() or cpus):
-        cpus //= int(local)
-    return max(1, cpus)
+    """CPUs of this rank: the loader's rule (fashiontune.data.workers.usable_cpus), so threads and workers agree."""
+    from fashiontune.data.workers import usable_cpus
+
+    return usable_cpus(environ)
 
 
 def apply(cfg: Any, pinned: int = 0, environ: Optional[MutableMapping[str, str]] = None) -> int:
