@@ -45,8 +45,8 @@ def tiny(seed: int = 0):
 def step(task, micro_batches) -> dict[str, float]:
     """One step's forwards and backwards as the trainer runs them (no optimiser): the task's summed logs."""
     logs, ok = forward_backward(task, LocalBackend(task.module), micro_batches)
-    assert ok
-    return logs
+    assert bool(ok)
+    return {k: float(v) for k, v in logs.items()}
 
 
 def grads(module) -> dict[str, torch.Tensor]:

@@ -90,7 +90,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             dist.all_reduce(g)
             g /= WORLD
         losses = [None] * WORLD
-        dist.all_gather_object(losses, out_["loss"])
+        dist.all_gather_object(losses, float(out_["loss"]))
         result[key] = {"grads": grads, "losses": losses}
     result["ddp_gradual"] = _gradual_under_ddp(rank)
     task = build_task(TaskConfig(field="colour"), _tiny(), manifest(), rank, WORLD)
@@ -119,7 +119,7 @@ def test_distributed_contrastive_gradient_and_gathered_eval(tmp_path):
     task = build_task(TaskConfig(name=TaskName.contrastive), loaded, manifest())
     mbs = [mb for r in range(WORLD) for mb in _micro_batches(r, loaded.tokenizer)]
     big = {"image": torch.cat([m["image"] for m in mbs]), "text": torch.cat([m["text"] for m in mbs])}
-    ref_loss = forward_backward(task, LocalBackend(task.module), [big])[0]["loss"]
+    ref_loss = float(forward_backward(task, LocalBackend(task.module), [big])[0]["loss"])
     ref = _grads(task)
 
     for key in ("with_grad", "global_loss"):  # local_loss=False (full matrix on every rank) is exact too
