@@ -141,6 +141,20 @@ def test_contrastive_accumulation_equals_big_batch_gradient():
     assert "clip.logit_scale" in g  # counted once, not once per micro-batch
 
 
+def test_every_contrastive_pass_takes_an_equal_share_of_the_logit_scale_gradient():
+    """Each micro-batch's backward reaches logit_scale (1/k of its gradient each), so under DDP the synced last
+    pass uses every parameter and accumulation needs no find_unused_parameters (test_tasks_distributed.py
+    runs it under DDP with find_unused_parameters=False)."""
+    loaded = tiny()
+    task = build_task(TaskConfig(name=TaskName.contrastive), loaded, manifest())
+    seen = []
+    task.module.clip.logit_scale.register_hook(lambda g: seen.append(float(g)))
+    step(task, [batch(6, seed=s, tokenizer=loaded.tokenizer) for s in (1, 2, 3)])
+    assert len(seen) == 3 and seen[0] != 0
+    assert seen[1] == pytest.approx(seen[0], rel=1e-4) and seen[2] == pytest.approx(seen[0], rel=1e-4)
+    assert not task.find_unused_parameters
+
+
 def test_naive_contrastive_accumulation_would_differ():
     """Control: averaging two independent half-batch CLIP losses is NOT the big-batch loss (fewer negatives),
     so the equality above is not automatic."""

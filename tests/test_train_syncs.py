@@ -180,3 +180,48 @@ def test_controls_a_float_of_the_loss_and_a_boolean_index_are_counted(monkeypatc
     with counting(monkeypatch) as c:
         x[valid].sum()
     assert c.reads == ["__getitem__"]
+
+
+class OnDevice(torch.Tensor):
+    """A CPU tensor standing for one on the GPU: what is computed from it stays OnDevice, and every host read
+    of one is recorded. The loop's batches become OnDevice in to_device, so reads of the CPU-side batch
+    (the sample count) are not recorded, and reads of anything computed from the moved batch are."""
+
+    reads: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in READS or (name in ("__getitem__", "__setitem__") and len(args) > 1 and _bool_index(args[1])):
+            cls.reads.append(name)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def _on_device(x):
+    if isinstance(x, torch.Tensor):
+        return x.as_subclass(OnDevice)
+    return {k: _on_device(v) for k, v in x.items()} if isinstance(x, dict) else x
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_the_loop_reads_no_device_value_between_log_steps(tmp_path_factory, monkeypatch, check_finite):
+    """4 steps of 2 micro-batches through run_training, the last one a log step: the reads of device values
+    are the finite checks (one per step) and the log step's one conversion; the sample count is taken from
+    the CPU-side batch (counting `valid` after to_device would add one read per micro-batch)."""
+    from pathlib import Path
+
+    from fashiontune.train import load_train_config, loop, run_training
+    from fashiontune.train.testing import build_tiny_shards
+
+    shards = build_tiny_shards("kagl", tmp_path_factory.getbasetemp() / "sync-kagl", n=120)
+    out = tmp_path_factory.mktemp("runs")
+    monkeypatch.setattr(loop, "to_device", lambda b, device: _on_device(b))
+    monkeypatch.setattr(OnDevice, "reads", [])
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs/tiny-kagl-softmax.yaml", [
+        f"data.shards={shards}", f"out_dir={out}", "name=syncs", "data.workers=0", "data.batch_size=8",
+        "loop.grad_accum=2", "loop.max_steps=4", "log.every_steps=100", "data.val_split=none",
+        "checkpoint.every_steps=0", "checkpoint.save_final=false", "log.tensorboard=false", "log.progress=false",
+        "log.plots=false", f"loop.check_finite={str(check_finite).lower()}"])
+    res = run_training(cfg)
+    assert res["step"] == 4 and res["samples_seen"] == 4 * 16
+    assert OnDevice.reads == ["item"] * (4 if check_finite else 0) + ["tolist"]
