@@ -96,16 +96,24 @@ TASKS = {
 }
 
 
-def setup_step(name: str, grad_clip: float):
+def _to(x, device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return {k: _to(v, device) for k, v in x.items()} if isinstance(x, dict) else x
+
+
+def setup_step(name: str, grad_clip: float, device: str = "cpu"):
     from fashiontune.train.backend import DDPBackend
 
     torch.manual_seed(0)
     loaded = load_clip(ModelConfig(name="ft-tiny-vit", image_size=32))
     task = build_task(TASKS[name], loaded, manifest())
+    task.module.to(device)
     tok = loaded.tokenizer if task.needs_text else None
     micro = [batch(4, seed=s, tokenizer=tok) for s in (1, 2)]  # grad_accum 2
     for b in micro:
         b["valid"] = torch.tensor([True, True, True, False])  # a padding row: masks, not indexing
+    micro = [_to(b, device) for b in micro]
     optimizer = build_optimizer(task.module, SimpleNamespace(lr=1e-3, weight_decay=0.1, beta1=0.9, beta2=0.98,
                                                              eps=1e-6, fused=True))
     backend = DDPBackend(LocalAccelerator(), task.module, optimizer, grad_clip)
@@ -225,3 +233,21 @@ def test_the_loop_reads_no_device_value_between_log_steps(tmp_path_factory, monk
     res = run_training(cfg)
     assert res["step"] == 4 and res["samples_seen"] == 4 * 16
     assert OnDevice.reads == ["item"] * (4 if check_finite else 0) + ["tolist"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(TASKS))
+def test_on_cuda_a_step_without_the_finite_check_never_synchronises(name):
+    """What HostReads approximates, from CUDA itself: set_sync_debug_mode("error") raises on any synchronising
+    CUDA call (implicit ones included: nonzero, boolean masks, D2H copies) in a step with grad_accum 2,
+    a padding row and gradient clipping (fused AdamW)."""
+    task, backend, scheduler, micro = setup_step(name, grad_clip=1.0, device="cuda")
+    train_step(task, backend, scheduler, micro, TrainState(), max_bad_steps=5, check_finite=False)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logs = train_step(task, backend, scheduler, micro, TrainState(), max_bad_steps=5, check_finite=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert logs["grad_norm"].device.type == "cuda" and bool(torch.isfinite(logs["loss"]))
