@@ -12,7 +12,7 @@ loader-only samples/s of our pipeline (fashiontune.data.measure_loader_throughpu
 On CUDA both run as open_clip_train does there: `--precision auto` is bf16 autocast (ours: loop.precision=auto;
 open_clip: amp_bf16), TF32 matmuls and cudnn.benchmark on (ours: loop.tf32 / loop.cudnn_benchmark, defaults;
 open_clip sets them itself on CUDA). `--accum K` is gradient accumulation with the feature cache on both sides
-(loop.grad_accum / --accum-freq). `--syncs` (CUDA only) also counts our training loop's host syncs with
+(loop.grad_accum / --accum-freq); `--no-tf32` turns TF32 off on our side only. `--syncs` (CUDA only) also counts our training loop's host syncs with
 torch.cuda.set_sync_debug_mode("warn") and prints syncs per step (train/step.py states the budget).
 
 open_clip_train imports pandas at module level: `make bench` installs the `bench` extra, which has it.
@@ -37,7 +37,8 @@ def ours(a: argparse.Namespace, shards: Path) -> dict:
     cfg = load_train_config(None, [
         "name=bench-ours", f"out_dir={a.out}/runs", f"model.name={a.model}", f"data.shards={shards}",
         f"data.batch_size={a.batch}", f"data.workers={a.workers}", "data.drop_last=true", "task.name=contrastive",
-        "loop.epochs=1", f"loop.precision={a.precision}", f"loop.grad_accum={a.accum}", "checkpoint.every_steps=0",
+        "loop.epochs=1", f"loop.precision={a.precision}", f"loop.grad_accum={a.accum}", f"loop.tf32={str(a.tf32).lower()}",
+        "checkpoint.every_steps=0",
         "checkpoint.save_final=false", "checkpoint.resume=false", "checkpoint.export_best=false",
         "log.progress=false", "log.tensorboard=false", "log.plots=false", "log.every_steps=1000",
         "data.val_split=none"])
@@ -151,6 +152,8 @@ def main() -> int:
     p.add_argument("--accum", type=int, default=1, help="gradient accumulation steps (both trainers)")
     p.add_argument("--model", default=MODEL, help="open_clip model name, random init (e.g. ViT-B-32 on a GPU)")
     p.add_argument("--syncs", action="store_true", help="CUDA: count our loop's host syncs per step")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="ours: loop.tf32 (open_clip_train always turns TF32 on on CUDA)")
     p.add_argument("--repeats", type=int, default=2, help="alternating runs per trainer; the best of each is kept")
     p.add_argument("--out", default="/tmp/fashiontune-bench-train")
     p.add_argument("--worker", choices=["ours", "openclip", "loader"], help=argparse.SUPPRESS)
@@ -172,7 +175,8 @@ def main() -> int:
         for who in ("openclip", "ours") if rep % 2 == 0 else ("ours", "openclip"):
             cmd = [sys.executable, __file__, "--worker", who, "--n", str(a.n), "--batch", str(a.batch),
                    "--precision", a.precision, "--workers", str(a.workers), "--accum", str(a.accum),
-                   "--model", a.model, "--out", a.out, *(["--syncs"] if a.syncs and who == "ours" else [])]
+                   "--model", a.model, "--out", a.out, "--tf32" if a.tf32 else "--no-tf32",
+                   *(["--syncs"] if a.syncs and who == "ours" else [])]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
