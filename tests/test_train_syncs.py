@@ -10,7 +10,7 @@ grad_accum 2 (classify, labeltext, contrastive):
 - a log step's conversion of all logs: 1 read (and 1 all-reduce with several ranks).
 Controls: a task that reads its loss with float(), and the masked loss written as `logits[valid]`, are counted.
 The loop itself counts samples on the CPU-side batch: `test_the_loop_reads_no_device_value_between_log_steps`.
-Cost: ~10 s (tiny ViT CLIP at 32 px, batches of 4; one 4-step run on tiny shards).
+Cost: ~25 s on 2 busy cores (tiny ViT CLIP at 32 px, batches of 4; two 4-step runs on 120-item tiny shards).
 """
 
 from __future__ import annotations
