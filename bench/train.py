@@ -12,8 +12,9 @@ loader-only samples/s of our pipeline (fashiontune.data.measure_loader_throughpu
 On CUDA both run as open_clip_train does there: `--precision auto` is bf16 autocast (ours: loop.precision=auto;
 open_clip: amp_bf16), TF32 matmuls and cudnn.benchmark on (ours: loop.tf32 / loop.cudnn_benchmark, defaults;
 open_clip sets them itself on CUDA). `--accum K` is gradient accumulation with the feature cache on both sides
-(loop.grad_accum / --accum-freq); `--no-tf32` turns TF32 off on our side only. `--syncs` (CUDA only) also counts our training loop's host syncs with
-torch.cuda.set_sync_debug_mode("warn") and prints syncs per step (train/step.py states the budget).
+(loop.grad_accum / --accum-freq); `--no-tf32` turns TF32 off on our side only. `--syncs` (CUDA only) also
+counts our training loop's host syncs with torch.cuda.set_sync_debug_mode("warn") and prints syncs per step
+(train/step.py states the budget).
 
 open_clip_train imports pandas at module level: `make bench` installs the `bench` extra, which has it.
 """
@@ -37,8 +38,8 @@ def ours(a: argparse.Namespace, shards: Path) -> dict:
     cfg = load_train_config(None, [
         "name=bench-ours", f"out_dir={a.out}/runs", f"model.name={a.model}", f"data.shards={shards}",
         f"data.batch_size={a.batch}", f"data.workers={a.workers}", "data.drop_last=true", "task.name=contrastive",
-        "loop.epochs=1", f"loop.precision={a.precision}", f"loop.grad_accum={a.accum}", f"loop.tf32={str(a.tf32).lower()}",
-        "checkpoint.every_steps=0",
+        "loop.epochs=1", f"loop.precision={a.precision}", f"loop.grad_accum={a.accum}",
+        f"loop.tf32={str(a.tf32).lower()}", "checkpoint.every_steps=0",
         "checkpoint.save_final=false", "checkpoint.resume=false", "checkpoint.export_best=false",
         "log.progress=false", "log.tensorboard=false", "log.plots=false", "log.every_steps=1000",
         "data.val_split=none"])
@@ -93,9 +94,9 @@ def openclip(a: argparse.Namespace, shards: Path) -> dict:
     # installed webdataset's reader, which does the same grouping.
     ocd.tarfile_to_samples_nothrow = wds.tarfile_to_samples(handler=wds.warn_and_continue)
 
-    from fashiontune.models import register_model_configs
-
     import torch
+
+    from fashiontune.models import register_model_configs
 
     register_model_configs()  # ft-tiny-vit known to open_clip by name
     precision = {"fp32": "fp32", "bf16": "amp_bf16",
@@ -184,8 +185,8 @@ def main() -> int:
                 raise SystemExit(f"{who} failed (exit {proc.returncode})")
             r = json.loads(line[len("RESULT "):])
             syncs = f", {r['syncs_per_step']:.2f} host syncs/step" if "syncs_per_step" in r else ""
-            print(f"  run {rep + 1} {who:9s} {r['samples_per_s']:8.1f} samples/s  ({r['steps']} steps, {r['seconds']:.1f} s, "
-                  f"{r['precision']}{syncs})")
+            print(f"  run {rep + 1} {who:9s} {r['samples_per_s']:8.1f} samples/s  ({r['steps']} steps, "
+                  f"{r['seconds']:.1f} s, {r['precision']}{syncs})")
             if who not in best or r["samples_per_s"] > best[who]["samples_per_s"]:
                 best[who] = r
     proc = subprocess.run([sys.executable, __file__, "--worker", "loader", "--n", str(a.n), "--batch", str(a.batch),

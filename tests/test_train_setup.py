@@ -69,7 +69,8 @@ def test_contrastive_on_several_ranks_with_short_batches_is_refused_before_any_w
         loop.setup(load_train_config(None, [*base, "data.workers=2"]))
     # 101 samples: rank 0 holds 51 (last batch 3 rows), rank 1 holds 50 (2 rows)
     no_work.train_samples = 101
-    with pytest.raises(ConfigError, match=r"task.name=contrastive on 2 ranks.*data.drop_last=true.*data.epoch_mode=resampled"):
+    refused = r"task.name=contrastive on 2 ranks.*data.drop_last=true.*data.epoch_mode=resampled"
+    with pytest.raises(ConfigError, match=refused):
         loop.setup(load_train_config(None, base))
     for fix in ("data.drop_last=true", "data.epoch_mode=resampled"):
         with pytest.raises(ModelBuilt):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 import torch
@@ -91,7 +92,8 @@ class LocalAccelerator:
 
 TASKS = {
     "classify": TaskConfig(name=TaskName.classify, field="colour"),
-    "labeltext": TaskConfig(name=TaskName.labeltext, field="colour", prompts=PromptConfig(text_mode=TextMode.embeddings)),
+    "labeltext": TaskConfig(name=TaskName.labeltext, field="colour",
+                            prompts=PromptConfig(text_mode=TextMode.embeddings)),
     "contrastive": TaskConfig(name=TaskName.contrastive),
 }
 
@@ -195,7 +197,7 @@ class OnDevice(torch.Tensor):
     of one is recorded. The loop's batches become OnDevice in to_device, so reads of the CPU-side batch
     (the sample count) are not recorded, and reads of anything computed from the moved batch are."""
 
-    reads: list[str] = []
+    reads: ClassVar[list[str]] = []
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
