@@ -6,7 +6,15 @@ each in a fresh subprocess with the same thread settings. Throughput = samples /
 epoch (data waits included; model build, validation and checkpoints excluded on both sides). Also prints the
 loader-only samples/s of our pipeline (fashiontune.data.measure_loader_throughput).
 
-    python bench/train.py [--n 3000] [--batch 32] [--precision fp32] [--workers 1] [--out /tmp/ft-bench]
+    python bench/train.py [--n 3000] [--batch 32] [--precision auto] [--workers 1] [--accum 1] [--model ft-tiny-vit]
+                          [--syncs] [--out /tmp/ft-bench]
+
+On CUDA both run as open_clip_train does there: `--precision auto` is bf16 autocast (ours: loop.precision=auto;
+open_clip: amp_bf16), TF32 matmuls and cudnn.benchmark on (ours: loop.tf32 / loop.cudnn_benchmark, defaults;
+open_clip sets them itself on CUDA). `--accum K` is gradient accumulation with the feature cache on both sides
+(loop.grad_accum / --accum-freq); `--no-tf32` turns TF32 off on our side only. `--syncs` (CUDA only) also
+counts our training loop's host syncs with torch.cuda.set_sync_debug_mode("warn") and prints syncs per step
+(train/step.py states the budget).
 
 open_clip_train imports pandas at module level: `make bench` installs the `bench` extra, which has it.
 """
@@ -28,13 +36,48 @@ def ours(a: argparse.Namespace, shards: Path) -> dict:
     from fashiontune.train import load_train_config, run_training
 
     cfg = load_train_config(None, [
-        "name=bench-ours", f"out_dir={a.out}/runs", f"model.name={MODEL}", f"data.shards={shards}",
+        "name=bench-ours", f"out_dir={a.out}/runs", f"model.name={a.model}", f"data.shards={shards}",
         f"data.batch_size={a.batch}", f"data.workers={a.workers}", "data.drop_last=true", "task.name=contrastive",
-        "loop.epochs=1", f"loop.precision={a.precision}", "checkpoint.every_steps=0", "checkpoint.save_final=false",
-        "checkpoint.resume=false", "checkpoint.export_best=false", "log.progress=false", "log.tensorboard=false",
-        "log.plots=false", "log.every_steps=1000", "data.val_split=none"])
+        "loop.epochs=1", f"loop.precision={a.precision}", f"loop.grad_accum={a.accum}",
+        f"loop.tf32={str(a.tf32).lower()}", "checkpoint.every_steps=0",
+        "checkpoint.save_final=false", "checkpoint.resume=false", "checkpoint.export_best=false",
+        "log.progress=false", "log.tensorboard=false", "log.plots=false", "log.every_steps=1000",
+        "data.val_split=none"])
+    syncs = count_syncs() if a.syncs else None
     res = run_training(cfg)
-    return {"samples_per_s": res["train_samples_per_s"], "seconds": res["train_seconds"], "steps": res["step"]}
+    out = {"samples_per_s": res["train_samples_per_s"], "seconds": res["train_seconds"], "steps": res["step"],
+           "precision": res["precision"]}
+    if syncs is not None:
+        out["syncs_per_step"] = len(syncs) / max(res["step"], 1)
+    return out
+
+
+def count_syncs() -> list:
+    """Host syncs of our training loop (train(), not setup or the final export), recorded by CUDA's sync
+    debug mode: each synchronising CUDA call warns once it is set to "warn"."""
+    import warnings
+
+    import torch
+
+    from fashiontune.train import loop
+
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/train.py: --syncs needs CUDA (torch.cuda.set_sync_debug_mode).")
+    seen: list = []
+    inner = loop.train
+
+    def train(run):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                return inner(run)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+                seen.extend(w for w in caught if "synchroniz" in str(w.message))
+
+    loop.train = train
+    return seen
 
 
 def openclip(a: argparse.Namespace, shards: Path) -> dict:
@@ -51,9 +94,13 @@ def openclip(a: argparse.Namespace, shards: Path) -> dict:
     # installed webdataset's reader, which does the same grouping.
     ocd.tarfile_to_samples_nothrow = wds.tarfile_to_samples(handler=wds.warn_and_continue)
 
+    import torch
+
     from fashiontune.models import register_model_configs
 
     register_model_configs()  # ft-tiny-vit known to open_clip by name
+    precision = {"fp32": "fp32", "bf16": "amp_bf16",
+                 "auto": "amp_bf16" if torch.cuda.is_available() else "fp32"}[a.precision]  # as ours resolves it
     manifest = json.loads((shards / "manifest.json").read_text())
     train = manifest["splits"]["train"]
     urls = "::".join(str(shards / s["name"]) for s in train["shards"])
@@ -71,19 +118,20 @@ def openclip(a: argparse.Namespace, shards: Path) -> dict:
     ocm.train_one_epoch = timed
     ocm.main([
         "--train-data", urls, "--dataset-type", "webdataset", "--train-num-samples", str(train["count"]),
-        "--model", MODEL, "--batch-size", str(a.batch), "--precision", {"fp32": "fp32", "bf16": "amp_bf16"}[a.precision],
+        "--model", a.model, "--batch-size", str(a.batch), "--precision", precision, "--accum-freq", str(a.accum),
         "--epochs", "1", "--workers", str(a.workers), "--logs", f"{a.out}/openclip-logs", "--name", f"bench-{time.time_ns()}",
         "--save-frequency", "0", "--report-to", "", "--log-every-n-steps", "1000", "--lr", "1e-4", "--warmup", "1",
         "--seed", "0", "--grad-clip-norm", "1.0",  # ours clips at optim.grad_clip=1.0 by default
     ])
-    return {"samples_per_s": timing["samples"] / timing["seconds"], "seconds": timing["seconds"], "steps": timing["steps"]}
+    return {"samples_per_s": timing["samples"] / timing["seconds"], "seconds": timing["seconds"],
+            "steps": timing["steps"] // a.accum, "precision": precision}
 
 
 def loader_only(a: argparse.Namespace, shards: Path) -> dict:
     from fashiontune.data import DataConfig, make_loader, measure_loader_throughput
     from fashiontune.models import ModelConfig, load_clip
 
-    loaded = load_clip(ModelConfig(name=MODEL))
+    loaded = load_clip(ModelConfig(name=a.model))
     cfg = DataConfig(shards=str(shards), batch_size=a.batch, workers=a.workers)
     loader = make_loader(cfg, train=True, transform=loaded.preprocess_train, tokenizer=loaded.tokenizer)
     return measure_loader_throughput(loader)
@@ -99,8 +147,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=3000, help="synthetic kagl items (90%% train)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU (both trainers)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--accum", type=int, default=1, help="gradient accumulation steps (both trainers)")
+    p.add_argument("--model", default=MODEL, help="open_clip model name, random init (e.g. ViT-B-32 on a GPU)")
+    p.add_argument("--syncs", action="store_true", help="CUDA: count our loop's host syncs per step")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="ours: loop.tf32 (open_clip_train always turns TF32 on on CUDA)")
     p.add_argument("--repeats", type=int, default=2, help="alternating runs per trainer; the best of each is kept")
     p.add_argument("--out", default="/tmp/fashiontune-bench-train")
     p.add_argument("--worker", choices=["ours", "openclip", "loader"], help=argparse.SUPPRESS)
@@ -114,25 +168,30 @@ def main() -> int:
     shards = build_tiny_shards("kagl", Path(a.out) / "kagl", n=a.n, splits="train=0.9,val=0.1,test=0.0",
                                shard_size=128)
     count = json.loads((shards / "manifest.json").read_text())["splits"]["train"]["count"]
-    print(f"shards: {shards} ({count} train samples), model {MODEL}, batch {a.batch}, {a.precision}, "
-          f"workers {a.workers}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    print(f"shards: {shards} ({count} train samples), model {a.model}, batch {a.batch} x accum {a.accum}, "
+          f"{a.precision}, workers {a.workers}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     env = {**os.environ}
     best: dict[str, dict] = {}
     for rep in range(a.repeats):
         for who in ("openclip", "ours") if rep % 2 == 0 else ("ours", "openclip"):
             cmd = [sys.executable, __file__, "--worker", who, "--n", str(a.n), "--batch", str(a.batch),
-                   "--precision", a.precision, "--workers", str(a.workers), "--out", a.out]
+                   "--precision", a.precision, "--workers", str(a.workers), "--accum", str(a.accum),
+                   "--model", a.model, "--out", a.out, "--tf32" if a.tf32 else "--no-tf32",
+                   *(["--syncs"] if a.syncs and who == "ours" else [])]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
                 raise SystemExit(f"{who} failed (exit {proc.returncode})")
             r = json.loads(line[len("RESULT "):])
-            print(f"  run {rep + 1} {who:9s} {r['samples_per_s']:8.1f} samples/s  ({r['steps']} steps, {r['seconds']:.1f} s)")
+            syncs = f", {r['syncs_per_step']:.2f} host syncs/step" if "syncs_per_step" in r else ""
+            print(f"  run {rep + 1} {who:9s} {r['samples_per_s']:8.1f} samples/s  ({r['steps']} steps, "
+                  f"{r['seconds']:.1f} s, {r['precision']}{syncs})")
             if who not in best or r["samples_per_s"] > best[who]["samples_per_s"]:
                 best[who] = r
     proc = subprocess.run([sys.executable, __file__, "--worker", "loader", "--n", str(a.n), "--batch", str(a.batch),
-                           "--workers", str(a.workers), "--out", a.out], env=env, capture_output=True, text=True)
+                           "--workers", str(a.workers), "--model", a.model, "--out", a.out], env=env,
+                          capture_output=True, text=True)
     loader = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
     ratio = best["ours"]["samples_per_s"] / best["openclip"]["samples_per_s"]
     print(f"fashiontune train : {best['ours']['samples_per_s']:8.1f} samples/s")

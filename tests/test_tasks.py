@@ -45,8 +45,8 @@ def tiny(seed: int = 0):
 def step(task, micro_batches) -> dict[str, float]:
     """One step's forwards and backwards as the trainer runs them (no optimiser): the task's summed logs."""
     logs, ok = forward_backward(task, LocalBackend(task.module), micro_batches)
-    assert ok
-    return logs
+    assert bool(ok)
+    return {k: float(v) for k, v in logs.items()}
 
 
 def grads(module) -> dict[str, torch.Tensor]:
@@ -139,6 +139,20 @@ def test_contrastive_accumulation_equals_big_batch_gradient():
     l1, l2, g = _accum_vs_big(TaskConfig(name=TaskName.contrastive))
     assert abs(l1 - l2) < 1e-5  # every pass scores against the whole accumulated batch
     assert "clip.logit_scale" in g  # counted once, not once per micro-batch
+
+
+def test_every_contrastive_pass_takes_an_equal_share_of_the_logit_scale_gradient():
+    """Each micro-batch's backward reaches logit_scale (1/k of its gradient each), so under DDP the synced last
+    pass uses every parameter and accumulation needs no find_unused_parameters (test_tasks_distributed.py
+    runs it under DDP with find_unused_parameters=False)."""
+    loaded = tiny()
+    task = build_task(TaskConfig(name=TaskName.contrastive), loaded, manifest())
+    seen = []
+    task.module.clip.logit_scale.register_hook(lambda g: seen.append(float(g)))
+    step(task, [batch(6, seed=s, tokenizer=loaded.tokenizer) for s in (1, 2, 3)])
+    assert len(seen) == 3 and seen[0] != 0
+    assert seen[1] == pytest.approx(seen[0], rel=1e-4) and seen[2] == pytest.approx(seen[0], rel=1e-4)
+    assert not task.find_unused_parameters
 
 
 def test_naive_contrastive_accumulation_would_differ():

@@ -5,6 +5,8 @@
    single-process loss on the concatenated batch; the control without gradient through the gather
    (what accelerator.gather would give) does not;
 2. gradual unfreezing works under one DDP wrapper (find_unused_parameters): frozen stages keep grad None;
+   the contrastive accumulation runs under the trainer's DDP backend with find_unused_parameters=False (every
+   micro-batch uses logit_scale): two steps run, and the first one's gradient is the big-batch gradient;
 3. evaluation gathers ranks holding different numbers of rows and computes the same metrics as one
    process on all rows.
 
@@ -71,6 +73,24 @@ def _gradual_under_ddp(rank: int) -> list[tuple[bool, bool, bool]]:
     return seen
 
 
+def _contrastive_accumulation_under_ddp(rank: int, acc) -> dict[str, torch.Tensor]:
+    """The trainer's DDPBackend (accelerate's DDP, find_unused_parameters=False as the loop now picks for
+    contrastive + grad_accum 2). DDP refuses the second step if the first one's synced pass left a parameter
+    without gradient ("Expected to have finished reduction in the prior iteration")."""
+    from fashiontune.train.backend import DDPBackend
+
+    loaded = _tiny()
+    task = build_task(TaskConfig(name=TaskName.contrastive), loaded, manifest(), rank, WORLD)
+    backend = DDPBackend(acc, task.module, torch.optim.SGD(task.module.parameters(), lr=0.0), grad_clip=0.0)
+    assert backend._ddp is not None and not backend._ddp.find_unused_parameters
+    mbs = _micro_batches(rank, loaded.tokenizer)
+    forward_backward(task, backend, mbs)
+    grads = _grads(task)  # averaged over ranks by DDP on the last micro-batch
+    backend.step()  # lr 0: the weights stay; the gradients are zeroed
+    forward_backward(task, backend, mbs)
+    return grads
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD), OMP_NUM_THREADS="1")
@@ -90,9 +110,10 @@ def _worker(rank: int, port: int, out: str) -> None:
             dist.all_reduce(g)
             g /= WORLD
         losses = [None] * WORLD
-        dist.all_gather_object(losses, out_["loss"])
+        dist.all_gather_object(losses, float(out_["loss"]))
         result[key] = {"grads": grads, "losses": losses}
     result["ddp_gradual"] = _gradual_under_ddp(rank)
+    result["ddp_accum"] = _contrastive_accumulation_under_ddp(rank, acc)
     task = build_task(TaskConfig(field="colour"), _tiny(), manifest(), rank, WORLD)
     result["eval"] = task.evaluate(_eval_batches(rank), acc)
     result["eval_y_true"] = task.last_eval["colour"]["y_true"]
@@ -119,10 +140,11 @@ def test_distributed_contrastive_gradient_and_gathered_eval(tmp_path):
     task = build_task(TaskConfig(name=TaskName.contrastive), loaded, manifest())
     mbs = [mb for r in range(WORLD) for mb in _micro_batches(r, loaded.tokenizer)]
     big = {"image": torch.cat([m["image"] for m in mbs]), "text": torch.cat([m["text"] for m in mbs])}
-    ref_loss = forward_backward(task, LocalBackend(task.module), [big])[0]["loss"]
+    ref_loss = float(forward_backward(task, LocalBackend(task.module), [big])[0]["loss"])
     ref = _grads(task)
 
-    for key in ("with_grad", "global_loss"):  # local_loss=False (full matrix on every rank) is exact too
+    got["ddp_accum"] = {"grads": got["ddp_accum"]}
+    for key in ("with_grad", "global_loss", "ddp_accum"):  # local_loss=False (full matrix on every rank) is exact too
         dd = got[key]["grads"]
         assert dd.keys() == ref.keys() and len(ref) > 20
         for n in ref:

@@ -43,7 +43,8 @@ def fit(task, steps: int, epochs: int = 2, lr: float = 1e-3, tokenizer=None) -> 
         task.on_epoch_start(epoch)
         for i in range(per_epoch):
             seed = 1000 + epoch * per_epoch + i
-            losses.append(forward_backward(task, LocalBackend(task.module), [batch(BATCH, seed=seed, tokenizer=tokenizer)])[0]["loss"])
+            logs, _ = forward_backward(task, LocalBackend(task.module), [batch(BATCH, seed=seed, tokenizer=tokenizer)])
+            losses.append(float(logs["loss"]))
             opt.step()
             opt.zero_grad(set_to_none=True)
     return losses

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fashiontune.errors import UserError
 from fashiontune.train import load_train_config, run_training
 from fashiontune.train.step import NonFiniteLossError
 from fashiontune.train.testing import FAULT_KILL_ENV, build_tiny_shards
@@ -103,9 +104,10 @@ def test_nan_loss_is_skipped_and_counted(kagl, tmp_path):
 
 
 def test_nan_losses_in_a_row_abort_with_a_clear_message(kagl, tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"3 optimiser steps in a row.*max_bad_steps=3"):
+    with pytest.raises(NonFiniteLossError, match=r"3 optimiser steps in a row.*max_bad_steps=3") as e:
         run_training(cfg(*overrides(kagl, tmp_path, "abort", "loop.max_steps=8", "loop.nan_steps=[1,2,3]",
                                     "loop.max_bad_steps=3", "checkpoint.every_steps=0")))
+    assert isinstance(e.value, UserError) and "\n" not in str(e.value)  # the CLI prints it as one line, exit 2
 
 
 @pytest.mark.slow

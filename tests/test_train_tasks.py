@@ -71,6 +71,7 @@ def test_classify_learns_and_writes_the_run_directory(shards, tmp_path):
 
     assert results["config_hash"] == config_hash(load_train_config(run / "config.yaml"))
     assert results["best"]["metric"] == "accuracy" and results["skipped_steps"] == 0
+    assert results["precision"] == ("bf16" if torch.cuda.is_available() else "fp32")  # loop.precision=auto, resolved
     assert {"plots/loss.png", "plots/metrics.png", "plots/confusion_subCategory.png"} <= set(results["plots"])
 
     # The best-by-validation export loads with open_clip directly; the head comes with its vocabulary.

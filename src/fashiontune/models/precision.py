@@ -28,3 +28,13 @@ class Precision(str, enum.Enum):
         if p is Precision.fp16 and device.type != "cuda":
             raise ValueError("precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU.")
         return torch.autocast(device.type, dtype=torch.bfloat16 if p is Precision.bf16 else torch.float16)
+
+
+def set_fast_math(tf32: bool, cudnn_benchmark: bool) -> None:
+    """TF32 matmuls/convolutions and cuDNN's autotuner, as open_clip's trainer sets them (process-wide torch
+    flags; no effect on CPU). TF32 keeps fp32's range with a 10-bit mantissa in matmul inputs: on A100/H100
+    fp32 matmuls run on tensor cores (several times faster); bf16/fp16 autocast regions are unaffected.
+    cudnn.benchmark times the convolution algorithms once per input shape (the patch embedding, ResNets)."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = cudnn_benchmark

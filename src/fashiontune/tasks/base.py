@@ -7,7 +7,9 @@ The trainer's side of the contract (train/step.py drives it, train/backend.py wr
 - per optimiser step of k micro-batches: `begin_step(model, micro_batches)` once, then for each i in order
   `loss(model, i, micro_batches[i]) -> (loss, logs)`; the trainer runs backward on each loss before the next
   forward. A loss is already scaled so that the k backward passes give the gradient of the one big-batch loss
-  (never divide again); logs are summed over the k micro-batches by the trainer.
+  (never divide again); logs are detached tensors (never float()/item(): reading a device value on the host
+  stalls the GPU queue), summed over the k micro-batches by the trainer and read on log steps only. Every
+  micro-batch uses every trainable parameter (DDP needs no find_unused_parameters for accumulation).
 - `begin_step` is where a loss over the whole accumulated batch gets what it needs: label counts (heads.py) or,
   for exact big-batch contrastive accumulation, a no-grad feature cache of every micro-batch that `loss`
   scores the micro-batch's features (recomputed with grad) against (contrastive.py; open_clip's pattern).
@@ -170,8 +172,8 @@ class Task:
     def begin_step(self, model: nn.Module, micro_batches: Sequence[dict]) -> None:
         """Once per optimiser step, before its losses: what the micro-batch losses share (see above)."""
 
-    def loss(self, model: nn.Module, i: int, batch: dict) -> tuple[Tensor, dict[str, float]]:
-        """Micro-batch i's loss (forward through `model`, scaled for accumulation) and its logs."""
+    def loss(self, model: nn.Module, i: int, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """Micro-batch i's loss (forward through `model`, scaled for accumulation) and its logs (detached)."""
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int) -> None:

@@ -4,8 +4,9 @@ Across ranks the loss needs an autograd-aware all-gather: ClipLoss(local_loss=Tr
 (accelerator.gather carries no gradient). Gradient accumulation uses open_clip's feature cache: embed every
 micro-batch without grad, then re-embed one micro-batch at a time with grad and score it against the cached
 rest, so the k backward passes add up to the gradient of the one big-batch loss (the negatives of the whole
-accumulated batch are used). The logit scale takes its gradient from the first pass only; open_clip's
-trainer lets every pass add it, which multiplies that gradient by k.
+accumulated batch are used). Each of the k passes takes a 1/k share of the logit scale's gradient (its full
+gradient each time would multiply it by k, as open_clip's trainer does), so every pass uses every parameter and
+DDP needs no find_unused_parameters for accumulation.
 
 Padding rows (batch["valid"] False, the repeated samples that keep ranks in step at the end of an uneven
 exact epoch) train like DistributedSampler's padding does (the all-gather needs equal shapes on every
@@ -95,16 +96,19 @@ class ContrastiveTask(Task):
             with torch.no_grad():
                 self._cache = [model(*self._inputs(mb))[:2] for mb in micro_batches]
 
-    def loss(self, model: nn.Module, i: int, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, i: int, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         """Re-embed micro-batch i with grad and score it against the cached rest: the k backward passes add up
-        to the gradient of the one big-batch loss. Logs come from the first micro-batch only."""
+        to the gradient of the one big-batch loss. Logs (detached tensors) come from the first micro-batch only."""
         img, txt, scale = model(*self._inputs(batch))
         if self._cache:
             imgs = torch.cat([c[0] for c in self._cache[:i]] + [img] + [c[0] for c in self._cache[i + 1:]])
             txts = torch.cat([c[1] for c in self._cache[:i]] + [txt] + [c[1] for c in self._cache[i + 1:]])
             img, txt = imgs, txts
-        loss = self.loss_fn(img, txt, scale if i == 0 else scale.detach())
-        return loss, ({"loss": float(loss.detach()), "logit_scale": float(scale.detach())} if i == 0 else {})
+            # Every pass sees the same loss, so each one's d loss / d scale is the big batch's: take 1/k of it per
+            # pass (value exactly `scale`: detached + 0 / k). Then the synced last pass uses logit_scale too.
+            scale = scale.detach() + (scale - scale.detach()) / len(self._cache)
+        loss = self.loss_fn(img, txt, scale)
+        return loss, ({"loss": loss.detach(), "logit_scale": scale.detach()} if i == 0 else {})
 
     def _inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
         dev = device_of(self.module)

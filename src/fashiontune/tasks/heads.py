@@ -206,36 +206,42 @@ class HeadsTask(Task):
         return ok
 
     def _loss_sum(self, s: FieldSpec, logits: Tensor, y: Tensor, valid: Tensor) -> Tensor:
-        """Sum over valid items of the per-item loss (multi-label: mean over classes per item)."""
-        logits, y = logits[valid].float(), y[valid]
+        """Sum over valid items of the per-item loss (multi-label: mean over classes per item). Masked, not
+        indexed: `logits[valid]` needs the number of valid rows on the host, a GPU sync per micro-batch.
+        Invalid rows get a stand-in label (0) and a loss of exactly 0 (torch.where: no gradient either)."""
+        logits = logits.float()
         if not s.multi:
-            return F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.cfg.label_smoothing)
-        ml = self.cfg.multilabel
-        if ml.loss == MultiLabelLoss.focal:
-            per = sigmoid_focal_loss(logits, y.float(), alpha=ml.focal_alpha, gamma=ml.focal_gamma, reduction="none")
+            per = F.cross_entropy(logits, torch.where(valid, y, 0), reduction="none",
+                                  label_smoothing=self.cfg.label_smoothing)
         else:
-            pw = self.pos_weight[s.name]
-            per = F.binary_cross_entropy_with_logits(
-                logits, y.float(), pos_weight=None if pw is None else pw.to(logits.device), reduction="none")
-        return per.mean(1).sum()
+            ml = self.cfg.multilabel
+            target = torch.where(valid[:, None], y, 0).float()
+            if ml.loss == MultiLabelLoss.focal:
+                per = sigmoid_focal_loss(logits, target, alpha=ml.focal_alpha, gamma=ml.focal_gamma, reduction="none")
+            else:
+                pw = self.pos_weight[s.name]
+                per = F.binary_cross_entropy_with_logits(
+                    logits, target, pos_weight=None if pw is None else pw.to(logits.device), reduction="none")
+            per = per.mean(1)
+        return torch.where(valid, per, 0.0).sum()
 
     # --- the trainer's side (tasks/base.py) -----------------------------------------------------------
     def begin_step(self, model: nn.Module, micro_batches: Sequence[dict]) -> None:
         """Count the valid labels of the whole accumulated batch: each micro-batch's loss sum is divided by
-        them, so k micro-batches give the gradient of one big batch."""
+        them, so k micro-batches give the gradient of one big batch. The counts stay tensors (no host sync)."""
         if not self.trainable:
             raise TaskError(f"task.name={self.name} does not train; the loop should only call evaluate().")
-        self._totals = {s.name: sum(int(self._valid(s, mb["labels"][s.name], mb).sum()) for mb in micro_batches)
+        self._totals = {s.name: sum(self._valid(s, mb["labels"][s.name], mb).sum() for mb in micro_batches).clamp(min=1)
                         for s in self.specs}
 
-    def loss(self, model: nn.Module, i: int, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, i: int, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         dev = device_of(self.module)
         out = model(batch["image"].to(dev, non_blocking=True))
         loss, logs = 0.0, {}
         for s in self.specs:
             y = batch["labels"][s.name].to(dev, non_blocking=True)
-            part = self._loss_sum(s, out[head_key(s.name)], y, self._valid(s, y, batch)) / max(self._totals[s.name], 1)
-            logs[f"loss/{s.name}"] = float(part.detach())
+            part = self._loss_sum(s, out[head_key(s.name)], y, self._valid(s, y, batch)) / self._totals[s.name].to(dev)
+            logs[f"loss/{s.name}"] = part.detach()
             loss = loss + part / len(self.specs)
         logs["loss"] = sum(logs.values()) / len(self.specs)
         if len(self.specs) == 1:

@@ -55,14 +55,14 @@ class DDPBackend(LocalBackend):
     def backward(self, loss: Tensor) -> None:
         self.acc.backward(loss)  # fp16: through the grad scaler
 
-    def step(self) -> tuple[float, bool]:
-        """Clip, step the optimiser, zero the gradients. Returns (grad norm or NaN, whether the optimiser
-        really stepped: False when the fp16 scaler skipped it for an overflow)."""
-        grad_norm = float("nan")
+    def step(self) -> tuple[Tensor | float, bool]:
+        """Clip, step the optimiser, zero the gradients. Returns (grad norm as a device tensor, or NaN; whether
+        the optimiser really stepped: False when the fp16 scaler skipped it for an overflow)."""
+        grad_norm: Tensor | float = float("nan")
         if self.grad_clip > 0:
             params = [p for p in self.module.parameters() if p.requires_grad]
             gn = self.acc.clip_grad_norm_(params, self.grad_clip)
-            grad_norm = float(gn) if gn is not None else grad_norm
+            grad_norm = gn if gn is not None else grad_norm  # no float(): the loop converts it on log steps
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, not self.acc.optimizer_step_was_skipped

@@ -118,6 +118,7 @@ class CheckpointManager:
     def __init__(self, accelerator, ckpt_dir: Path, keep_last: int, model=None, optimizer=None, scheduler=None):
         self.acc, self.dir, self.keep_last = accelerator, Path(ckpt_dir), keep_last
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.saved_step: Optional[int] = None  # the step this run last saved or resumed from (same on all ranks)
 
     @property
     def _deepspeed(self) -> bool:
@@ -127,14 +128,17 @@ class CheckpointManager:
         acc = self.acc
         final = self.dir / f"step_{step:08d}"
         tmp = self.dir / f".tmp-step_{step:08d}"
+        # Already saved at this step (the final save right after a periodic one, a finished run started again):
+        # decided from what every rank knows alike, never from the file system, where ranks of a shared
+        # directory may see the marker at different times and only some would enter the collective save.
+        # A step_<N> left by an earlier run with checkpoint.resume=false is written anew.
+        if step == self.saved_step:
+            return final
         if acc.is_main_process:
             self.dir.mkdir(parents=True, exist_ok=True)
             if tmp.exists():  # left over from a save that was killed
                 shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        if (final / MARKER).is_file():  # already saved at this step (e.g. final save right after a periodic one)
-            acc.wait_for_everyone()
-            return final
         self._write_state(tmp)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -146,6 +150,7 @@ class CheckpointManager:
             os.replace(tmp, final)
             self._prune()
         acc.wait_for_everyone()
+        self.saved_step = step
         fault_point("saved", step)
         return final
 
@@ -173,7 +178,7 @@ class CheckpointManager:
     def load_latest(self) -> Optional[dict]:
         """Restore model/optimizer/scheduler/RNG from the newest complete checkpoint; return its trainer
         state (step, epoch, data position, counters), or None when there is none."""
-        path = latest_checkpoint(self.dir)
+        path = self._rank0(latest_checkpoint(self.dir))
         if path is None:
             return None
         state = read_trainer_state(path)
@@ -187,8 +192,18 @@ class CheckpointManager:
             raise CheckpointError(f"{path / STATE}: no valid 'scheduler' state ({e}). {way_out(path / STATE)}") from e
         rng = path / f"rng_state_{self.acc.process_index}.pt"
         set_rng_state(self._load(rng), rng)  # last: loading must not move the restored RNG
+        self.saved_step = state["step"]
         state["path"] = str(path)
         return state
+
+    def _rank0(self, found: Optional[Path]) -> Optional[Path]:
+        """Rank 0's answer on every rank: which checkpoint to resume is one decision, not one per rank's view of
+        a shared file system (a rank that lists it differently would resume elsewhere, or hang a collective)."""
+        if self.acc.num_processes == 1:
+            return found
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([found])[0]
 
     def _load(self, path: Path, **kw) -> Any:
         if not path.is_file():

@@ -54,10 +54,15 @@ class LoopConfig:
     max_steps: int = 0  # optimiser steps for the whole run; 0 = epochs x steps per epoch
     stop_after_steps: int = 0  # end THIS invocation after this global step (tests, time-boxed jobs); 0 = never
     grad_accum: int = 1  # micro-batches of data.batch_size per optimiser step
-    precision: Precision = Precision.fp32
+    precision: Precision = Precision.auto  # bf16 autocast on CUDA, fp32 on CPU; results.json records which
+    tf32: bool = True  # TF32 tensor-core matmuls for what runs in fp32 on A100/H100 (as open_clip's trainer)
+    cudnn_benchmark: bool = True  # cuDNN picks the fastest convolution algorithm per input shape
     compile: bool = False  # torch.compile the task module
     seed: int = 0
-    max_bad_steps: int = 5  # this many non-finite steps in a row abort the run
+    # Skip a step whose loss is NaN/inf on any rank (one host sync per step, train/step.py); false = apply it
+    # as open_clip does, with no sync at all on non-log steps.
+    check_finite: bool = True
+    max_bad_steps: int = 5  # this many non-finite steps in a row abort the run (with check_finite)
     nan_steps: List[int] = field(default_factory=list)  # TEST HOOK: global steps whose first loss is made NaN
     nan_ranks: List[int] = field(default_factory=list)  # TEST HOOK: ...on these ranks only ([] = every rank)
 
@@ -67,7 +72,7 @@ class DistConfig:
     strategy: Strategy = Strategy.ddp
     # DeepSpeed JSON/YAML (configs/deepspeed/zero{1,2,3}.json); "auto" values are filled from this config.
     deepspeed_config: str = "configs/deepspeed/zero2.json"
-    find_unused_parameters: Optional[bool] = None  # None = what the task says, or True when grad_accum > 1
+    find_unused_parameters: Optional[bool] = None  # None = what the task says (freeze schedules, text tower)
     timeout_s: int = 1800  # collective timeout
 
 

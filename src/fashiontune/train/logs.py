@@ -64,11 +64,10 @@ class RunLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch") and v is not None:
                     self.tb.add_scalar(f"{kind}/{k}", v, record.get("step", 0))
 
-    def progress(self, steps: int, postfix: dict) -> None:
+    def progress(self, steps: int) -> None:
+        """Advance the bar; its loss and samples/s are set on log steps only (reading a loss is a host sync)."""
         if self.bar is not None:
             self.bar.update(steps)
-            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
-                                 refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -31,9 +31,11 @@ from fashiontune.config import ConfigError, config_hash, save_config, to_yaml
 from fashiontune.data import make_loader, read_manifest, to_device
 from fashiontune.files import write_text_atomic
 from fashiontune.models import load_clip
+from fashiontune.models.precision import set_fast_math
 from fashiontune.tasks import Task, build_task
-from fashiontune.train.accel import make_accelerator, process_state
+from fashiontune.train.accel import make_accelerator, process_state, resolved_precision
 from fashiontune.train.backend import DDPBackend, make_backend
+from fashiontune.train.batch_shapes import check_equal_batches
 from fashiontune.train.checkpoint import STATE, CheckpointError, CheckpointManager, way_out
 from fashiontune.train.config import TrainConfig
 from fashiontune.train.logs import RunLogger, Throughput, read_metrics
@@ -102,8 +104,10 @@ def setup(cfg: TrainConfig) -> Run:
     cfg.validate()
     t_start = time.time()
     ps = process_state(cfg)
-    set_seed(cfg.loop.seed)  # the same initial weights and heads on every rank
     manifest = read_manifest(cfg.data.shards)
+    check_equal_batches(cfg, ps.num_processes, manifest)  # before any work: it needs the world size
+    set_fast_math(cfg.loop.tf32, cfg.loop.cudnn_benchmark)
+    set_seed(cfg.loop.seed)  # the same initial weights and heads on every rank
     loaded = load_clip(cfg.model)
     task = build_task(cfg.task, loaded, manifest, ps.process_index, ps.num_processes)
     acc = make_accelerator(cfg, _find_unused(cfg, task))
@@ -122,18 +126,19 @@ def setup(cfg: TrainConfig) -> Run:
     higher = task.higher_is_better if not cfg.checkpoint.best_metric else "loss" not in metric
     name = cfg.task.name.value if hasattr(cfg.task.name, "value") else str(cfg.task.name)
     results = {"name": cfg.name, "task": name, "config_hash": config_hash(cfg), "world_size": acc.num_processes,
-               "best_metric": metric}
+               "precision": resolved_precision(cfg).value, "best_metric": metric}
     run = Run(cfg, acc, task, train_loader, val_loader, metric, higher, total_steps, results, t_start=t_start)
     run.state.best["metric"] = metric
     return run
 
 
 def _find_unused(cfg: TrainConfig, task: Task) -> bool:
+    """DDP's extra graph walk (and all-reduce of the used-parameter bitmap) every step, only where needed:
+    freeze schedules cut the graph (the task says so). Accumulation needs none: every task uses every trainable
+    parameter in every micro-batch, the synced last one included (contrastive: tasks/contrastive.py)."""
     if cfg.dist.find_unused_parameters is not None:
         return cfg.dist.find_unused_parameters
-    # With accumulation the synced (last) micro-batch need not touch every parameter: the contrastive feature
-    # cache gives logit_scale its gradient on the first micro-batch only.
-    return task.find_unused_parameters or cfg.loop.grad_accum > 1
+    return task.find_unused_parameters
 
 
 def _write_config(acc, cfg: TrainConfig) -> None:
@@ -195,13 +200,14 @@ def train(run: Run) -> bool:
         run.task.on_epoch_start(epoch)
         run.task.module.train()
         for micro in _chunks(iter(loader), cfg.loop.grad_accum):
+            n = sum(_n_samples(b) for b in micro)  # on the CPU-side batches: no device sync
             micro = [to_device(b, run.acc.device) for b in micro]
             logs = train_step(run.task, run.backend, run.scheduler, micro, s, cfg.loop.max_bad_steps,
-                              poison=s.step in nan_steps)
+                              poison=s.step in nan_steps, check_finite=cfg.loop.check_finite)
             s.step += 1
             fault_point("step", s.step)
             s.position = run.train_loader.position()
-            _log_step(run, micro, logs, epoch)
+            _log_step(run, n, logs, epoch)
             if _after_step(run, epoch):
                 return True
             if s.step >= run.total_steps:
@@ -221,27 +227,39 @@ def _chunks(it: Iterator[dict], n: int) -> Iterator[list[dict]]:
 
 
 def _n_samples(batch: dict) -> int:
+    """Real rows of a CPU-side batch (before to_device: counting a device tensor would wait for the GPU)."""
     return int(batch["valid"].sum()) if "valid" in batch else len(batch["key"])
 
 
-def _log_step(run: Run, micro: list[dict], logs: dict, epoch: int) -> None:
+def _log_step(run: Run, n: int, logs: dict, epoch: int) -> None:
+    """Count the step's samples; on log steps only, turn its logs into numbers (the one sync of a log step)."""
     cfg, s, acc = run.cfg, run.state, run.acc
-    n = sum(_n_samples(b) for b in micro) * acc.num_processes
+    n *= acc.num_processes
     s.samples_seen += n
     run.meter.add(n)
-    lr = run.scheduler.get_last_lr()[0]
-    run.logger.progress(1, {"loss": logs.get("loss", float("nan")), "lr": lr})
+    run.logger.progress(1)
     if s.step % cfg.log.every_steps != 0 and s.step != run.total_steps:
         return
-    loss = torch.tensor([logs.get("loss", float("nan"))], device=acc.device)
-    loss = float(acc.reduce(loss, "mean")) if acc.num_processes > 1 else float(loss)
+    values = log_values(logs, acc)
     rate = run.meter.rate()
     run.rates.append(rate)
-    run.logger.log({"kind": "train", "step": s.step, "epoch": epoch, "samples": s.samples_seen,
-                    **{k: v for k, v in logs.items() if k != "loss"}, "loss": loss, "lr": lr,
-                    "samples_per_s": rate, "skipped_total": s.skipped_total})
+    run.logger.log({"kind": "train", "step": s.step, "epoch": epoch, "samples": s.samples_seen, **values,
+                    "lr": run.scheduler.get_last_lr()[0], "samples_per_s": rate, "skipped_total": s.skipped_total})
     if run.logger.bar is not None:
-        run.logger.bar.set_postfix({"loss": f"{loss:.4g}", "samples/s": f"{rate:.1f}"}, refresh=False)
+        run.logger.bar.set_postfix({"loss": f"{values.get('loss', float('nan')):.4g}", "samples/s": f"{rate:.1f}"},
+                                   refresh=False)
+
+
+def log_values(logs: dict[str, Any], acc) -> dict[str, float]:
+    """A step's logs (device tensors or floats) as floats, averaged over ranks: all of them stacked into one
+    tensor, so one all-reduce and one host sync whatever their number. NaN stays NaN (a skipped step)."""
+    keys = sorted(logs)
+    if not keys:
+        return {}
+    stacked = torch.stack([torch.as_tensor(logs[k], device=acc.device).detach().float().reshape(()) for k in keys])
+    if acc.num_processes > 1:
+        stacked = acc.reduce(stacked, "mean")
+    return dict(zip(keys, stacked.tolist()))
 
 
 def _after_step(run: Run, epoch: int) -> bool:
