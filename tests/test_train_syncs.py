@@ -225,7 +225,8 @@ def test_the_loop_reads_no_device_value_between_log_steps(tmp_path_factory, monk
 
     shards = build_tiny_shards("kagl", tmp_path_factory.getbasetemp() / "sync-kagl", n=120)
     out = tmp_path_factory.mktemp("runs")
-    monkeypatch.setattr(loop, "to_device", lambda b, device: _on_device(b))
+    moved = loop.to_device  # the real move (uint8 images normalised there), then marked as on the device
+    monkeypatch.setattr(loop, "to_device", lambda b, device: _on_device(moved(b, device)))
     monkeypatch.setattr(OnDevice, "reads", [])
     cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs/tiny-kagl-softmax.yaml", [
         f"data.shards={shards}", f"out_dir={out}", "name=syncs", "data.workers=0", "data.batch_size=8",

@@ -22,7 +22,7 @@ from fashiontune.data.manifest import ManifestError, read_manifest, split_shards
 from fashiontune.data.plan import exact_worker_batches, resampled_worker_batches, round_robin_position
 from fashiontune.data.samples import iter_tar
 from fashiontune.data.stream import Collator, ShardStream, StreamPosition, draft_size, sample_seed
-from fashiontune.data.workers import resolve_pin_memory, resolve_workers
+from fashiontune.data.workers import plan_workers, resolve_pin_memory, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ShardLoader:
         self.mode = cfg.epoch_mode if train else EpochMode.exact
         self.batch_size = cfg.batch_size if train else (cfg.val_batch_size or cfg.batch_size)
         self.num_workers = resolve_workers(cfg.workers)  # DataLoader processes ("auto": from the allocation)
-        self.workers = max(self.num_workers, 1)  # logical workers: num_workers=0 reads as one worker in-process
+        self.workers = plan_workers(cfg.workers)  # the plan's worker slots: num_workers=0 reads one in-process
         self.encoders = build_encoders(self.manifest, fields or cfg.label_fields)
         # Draft decoding only for training: validation decodes in full, like the eval job, so metrics agree.
         draft = draft_size(transform) if cfg.jpeg_draft and train else None

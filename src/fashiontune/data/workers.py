@@ -59,6 +59,12 @@ def resolve_workers(value: int | str, key: str = "data.workers", environ: Mappin
     raise ConfigError(f"{key}={value!r} is invalid: set an integer >= 0 (0 = read in the main process) or auto (-1).")
 
 
+def plan_workers(value: int | str) -> int:
+    """The worker slots an epoch plan is cut into (data/plan.py): the DataLoader processes, or one slot read
+    in-process for 0. The loader and every check that replays its plan (train/batch_shapes.py) use this."""
+    return max(resolve_workers(value), 1)
+
+
 def resolve_pin_memory(value: bool | str, key: str = "data.pin_memory") -> bool:
     """"auto" = pin when CUDA is available (page-locked batches make the host-to-device copy asynchronous)."""
     if value == "auto":

@@ -13,6 +13,7 @@ from __future__ import annotations
 from fashiontune.config import ConfigError
 from fashiontune.data.config import EpochMode
 from fashiontune.data.plan import exact_slot_counts
+from fashiontune.data.workers import plan_workers
 
 
 def rank_batch_sizes(total: int, world_size: int, workers: int, batch_size: int, drop_last: bool) -> list[list[int]]:
@@ -41,7 +42,7 @@ def check_equal_batches(cfg, world_size: int, manifest: dict) -> None:
     total = int(manifest.get("splits", {}).get(d.train_split, {}).get("count", 0))
     if total == 0:
         return  # the loader reports an empty split with its own message
-    workers = max(d.workers, 1)
+    workers = plan_workers(d.workers)  # the loader's own count (data.workers=auto: from this rank's CPUs)
     sizes = rank_batch_sizes(total, world_size, workers, d.batch_size, drop_last=False)
     for r, rows in enumerate(sizes[1:], start=1):
         for step, (a, b) in enumerate(zip(sizes[0], rows)):
