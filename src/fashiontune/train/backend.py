@@ -156,6 +156,7 @@ class DeepSpeedBackend(DDPBackend):
     def full_state_dict(self) -> dict[str, Tensor]:
         """fp32 and with the module's own shapes (fp16 runs hold fp16 parameters), whatever the engine holds."""
         state = self.acc.get_state_dict(self.model) if self.zero3 else self.module.state_dict()
+        state = state or {}  # ZeRO-3 gathers onto the main process only
         return {k: v.float() if v.is_floating_point() else v for k, v in scalars_restored(state, self.scalars).items()}
 
 
