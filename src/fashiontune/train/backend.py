@@ -93,10 +93,11 @@ def scalars_to_vectors(module: nn.Module) -> list[str]:
     while [1] against [] only differs where shapes are compared (every use here broadcasts it against a
     matrix). The run keeps [1] in the module, the engine and its own checkpoints (so they resume as they
     were saved); exports go through `scalars_restored`, so open_clip gets logit_scale with shape []."""
-    names = [n for n, p in module.named_parameters() if p.dim() == 0]
-    params = dict(module.named_parameters())
-    for n in names:
-        params[n].data = params[n].data.reshape(1)
+    names = []
+    for name, p in module.named_parameters():
+        if p.dim() == 0:
+            p.data = p.data.reshape(1)
+            names.append(name)
     return names
 
 
