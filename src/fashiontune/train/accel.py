@@ -80,28 +80,54 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
             raise ConfigError(
                 f"{path}: {k}={ds[k]} disagrees with the train config ({v}); set it to \"auto\" in the file."
             )
-    # bf16 as autocast with fp32 master weights (DeepSpeed's torch_autocast), not DeepSpeed's bf16 mode that
-    # casts the module to bf16: the tasks feed fp32 images and compute losses outside the engine.
-    ds["bf16"] = {"enabled": False}
-    precision = resolved_precision(cfg)
-    ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == Precision.fp16}
-    if precision == Precision.bf16:
-        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    blocks = _precision_blocks(cfg, path, ds)
+    for key in ("fp16", "bf16", "torch_autocast"):
+        ds.pop(key, None)
+    ds.update(blocks)
     ds.setdefault("zero_allow_untested_optimizer", True)  # we hand it torch's AdamW
     ds.setdefault("steps_per_print", 10**9)
     return ds
 
 
+def _precision_blocks(cfg: TrainConfig, path: Path, ds: dict) -> dict:
+    """loop.precision decides; the file's fp16 block may tune the loss scaler (loss_scale, initial_scale_power...).
+
+    - bf16: autocast over fp32 master weights (DeepSpeed's torch_autocast), not its bf16 mode that casts the
+      module to bf16: the tasks feed fp32 images and compute losses outside the engine.
+    - fp16: DeepSpeed's fp16 mode (fp16 parameters, fp32 masters in the ZeRO optimizer, its dynamic loss
+      scaler) with `auto_cast`, which casts the engine's inputs (images) to fp16; validation runs the module
+      under autocast (backend.autocast()). Not torch_autocast with float16: in DeepSpeed 0.19 its ZeRO
+      optimizers clip the gradients still multiplied by the GradScaler's scale, and an overflow skips the
+      step without ever lowering that scale (every later step is skipped too).
+    - fp32: neither (no fp16 block)."""
+    precision = resolved_precision(cfg)
+    for key, mine in (("fp16", Precision.fp16), ("bf16", Precision.bf16)):
+        block = ds.get(key)
+        if isinstance(block, dict) and block.get("enabled") is True and precision != mine:
+            raise ConfigError(f"{path}: {key}.enabled=true disagrees with loop.precision={precision.value}; "
+                              f"remove it (loop.precision decides), or set loop.precision={mine.value}.")
+    out: dict = {"bf16": {"enabled": False}}
+    if precision == Precision.fp16:
+        out["fp16"] = {**(ds.get("fp16") or {}), "enabled": True, "auto_cast": True}
+    if precision == Precision.bf16:
+        out["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    return out
+
+
 def resolved_precision(cfg: TrainConfig) -> Precision:
-    """loop.precision with `auto` made concrete for this machine (bf16 on CUDA, fp32 on CPU)."""
-    return cfg.loop.precision.resolve("cuda" if torch.cuda.is_available() else "cpu")
+    """loop.precision with `auto` made concrete for this machine (bf16 on CUDA, fp32 on CPU); fp16 without
+    CUDA is refused here, before any DeepSpeed config or accelerator is made from it."""
+    cuda = torch.cuda.is_available()
+    precision = cfg.loop.precision.resolve("cuda" if cuda else "cpu")
+    if precision == Precision.fp16 and not cuda:
+        raise ConfigError("loop.precision=fp16 needs a GPU (fp16 loss scaling, and DeepSpeed's fp16 mode, do not "
+                          "run on CPU); use loop.precision=bf16 or fp32 here.")
+    return precision
 
 
 def make_accelerator(cfg: TrainConfig, find_unused_parameters: bool = False) -> Accelerator:
+    precision = resolved_precision(cfg)  # first: a refused precision stops before the process group starts
     state = process_state(cfg)
-    precision = resolved_precision(cfg)
-    if precision == Precision.fp16 and not torch.cuda.is_available():
-        raise ConfigError("loop.precision=fp16 needs a GPU (loss scaling on CPU is not supported); use bf16 or fp32.")
     mixed = {Precision.fp32: "no", Precision.bf16: "bf16", Precision.fp16: "fp16"}[precision]
     handlers = [
         DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters),

@@ -5,6 +5,10 @@ step, discarding a bad step, the full state dict for export.
     backend = make_backend(accelerator, task.module, optimizer, grad_clip)
     backend.model    run training forwards through this (DDP's hooks / the engine's)
     backend.module   the unwrapped module (what tasks, evaluation and export use)
+    backend.autocast()  the training precision's autocast, for forwards outside the wrapper (validation)
+
+`step()` returns the grad norm as a 0-dim tensor (None when not clipping): turning it into a number is a
+host-device sync, which the caller does on log steps only.
 
 Tasks scale their micro-batch losses for accumulation themselves: accelerate's gradient_accumulation_steps
 stays 1 and DeepSpeed's backward gets scale_wrt_gas=False. `LocalBackend` is the same interface without
@@ -14,7 +18,7 @@ accelerate (one process, plain `loss.backward()`): what the task tests drive tas
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from typing import ContextManager, Iterator
+from typing import ContextManager, Iterator, Optional
 
 import torch
 from accelerate.utils import DistributedType
@@ -55,14 +59,16 @@ class DDPBackend(LocalBackend):
     def backward(self, loss: Tensor) -> None:
         self.acc.backward(loss)  # fp16: through the grad scaler
 
-    def step(self) -> tuple[Tensor | float, bool]:
-        """Clip, step the optimiser, zero the gradients. Returns (grad norm as a device tensor, or NaN; whether
-        the optimiser really stepped: False when the fp16 scaler skipped it for an overflow)."""
-        grad_norm: Tensor | float = float("nan")
+    def autocast(self) -> ContextManager:
+        return self.acc.autocast()  # accelerate's mixed precision (nothing for fp32)
+
+    def step(self) -> tuple[Optional[Tensor], bool]:
+        """Clip, step the optimiser, zero the gradients. Returns (grad norm: a 0-dim tensor, None when not
+        clipping; whether the optimiser really stepped: False when the fp16 scaler skipped it for an overflow)."""
+        grad_norm = None
         if self.grad_clip > 0:
             params = [p for p in self.module.parameters() if p.requires_grad]
-            gn = self.acc.clip_grad_norm_(params, self.grad_clip)
-            grad_norm = gn if gn is not None else grad_norm  # no float(): the loop converts it on log steps
+            grad_norm = self.acc.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, not self.acc.optimizer_step_was_skipped
@@ -76,10 +82,35 @@ class DDPBackend(LocalBackend):
         return self.module.state_dict()
 
 
+def scalars_to_vectors(module: nn.Module) -> list[str]:
+    """Give every 0-dim parameter the shape [1], in place (same Parameter objects, so the optimiser built on
+    them still holds them); returns their names, for `scalars_restored`.
+
+    Why: DeepSpeed (0.19) broadcasts parameters as bytes, `p.data.view(torch.uint8)`, at engine start and
+    when ZeRO-3 partitions them, and a 0-dim tensor cannot be viewed as bytes (open_clip's `logit_scale`,
+    the prompt heads' `logit_scale` / `logit_bias`). Chosen over patching DeepSpeed's broadcast: that code
+    sits in three private places (engine, ZeRO-3 Init and GatheredParameters) and changes between releases,
+    while [1] against [] only differs where shapes are compared (every use here broadcasts it against a
+    matrix). The run keeps [1] in the module, the engine and its own checkpoints (so they resume as they
+    were saved); exports go through `scalars_restored`, so open_clip gets logit_scale with shape []."""
+    names = []
+    for name, p in module.named_parameters():
+        if p.dim() == 0:
+            p.data = p.data.reshape(1)
+            names.append(name)
+    return names
+
+
+def scalars_restored(state: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
+    """A state dict of a module treated by `scalars_to_vectors`, with those parameters 0-dim again."""
+    return {k: v.reshape(()) if k in names else v for k, v in state.items()}
+
+
 class DeepSpeedBackend(DDPBackend):
     """DeepSpeed ZeRO 1/2/3: the engine clips (gradient_clipping in its config), steps and zeroes itself."""
 
     def __init__(self, accelerator, module: nn.Module, optimizer, grad_clip: float):
+        self.scalars = scalars_to_vectors(module)  # before the engine broadcasts them
         super().__init__(accelerator, module, optimizer, grad_clip)
         self.zero3 = self.model.zero_optimization_stage() == 3
 
@@ -94,10 +125,25 @@ class DeepSpeedBackend(DDPBackend):
     def backward(self, loss: Tensor) -> None:
         self.model.backward(loss, scale_wrt_gas=False)  # the task already scaled it
 
-    def step(self) -> tuple[float, bool]:
+    def autocast(self) -> ContextManager:
+        """What the engine's forward runs under: bf16 is DeepSpeed's torch_autocast; fp16 keeps fp16
+        parameters (its `auto_cast` casts only the engine's inputs), so forwards of the unwrapped module
+        (validation) need autocast to mix them with fp32 images."""
+        engine = self.model
+        if engine.torch_autocast_enabled():
+            return torch.autocast(engine.device.type, dtype=engine.torch_autocast_dtype())
+        if engine.fp16_enabled():
+            return torch.autocast(engine.device.type, dtype=torch.float16)
+        return nullcontext()
+
+    def step(self) -> tuple[Optional[Tensor], bool]:
+        """The engine clips and steps. Returns (its grad norm as a tensor, None when not clipping; whether
+        the update was applied: False when the fp16 loss scaler skipped it for an overflow)."""
         self.model.step()
-        gn = self.model.get_global_grad_norm()
-        return (float(gn) if gn is not None else float("nan")), True
+        gn = self.model.get_global_grad_norm() if self.grad_clip > 0 else None
+        if gn is not None:  # a Python float is already on the host (inf after an overflow): no sync either way
+            gn = gn.detach().reshape(()) if isinstance(gn, Tensor) else torch.tensor(float(gn))
+        return gn, self.model.was_step_applied()
 
     def discard(self) -> None:
         engine = self.model
@@ -109,7 +155,10 @@ class DeepSpeedBackend(DDPBackend):
                 avg[k] = None
 
     def full_state_dict(self) -> dict[str, Tensor]:
-        return self.acc.get_state_dict(self.model) if self.zero3 else self.module.state_dict()
+        """fp32 and with the module's own shapes (fp16 runs hold fp16 parameters), whatever the engine holds."""
+        state = self.acc.get_state_dict(self.model) if self.zero3 else self.module.state_dict()
+        state = state or {}  # ZeRO-3 gathers onto the main process only
+        return {k: v.float() if v.is_floating_point() else v for k, v in scalars_restored(state, self.scalars).items()}
 
 
 def make_backend(accelerator, module: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> DDPBackend:

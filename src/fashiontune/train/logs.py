@@ -11,6 +11,8 @@ from typing import Any
 
 
 def _clean(v: Any) -> Any:
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        v = v.item()  # a 0-dim tensor (the backend's grad norm): converted here, on log steps only
     if isinstance(v, float) and not math.isfinite(v):
         return None  # JSON has no NaN; null reads as "not measured"
     return v

@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -310,7 +310,7 @@ def _evaluate(run: Run) -> dict[str, float]:
             if keep_padding or "valid" not in b or bool(b["valid"].any()):
                 yield to_device(b, run.acc.device)
 
-    with torch.no_grad():
+    with torch.no_grad(), (run.backend.autocast() if run.backend else nullcontext()):  # training's precision
         return dict(run.task.evaluate(batches(), run.acc))
 
 

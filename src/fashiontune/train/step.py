@@ -89,4 +89,4 @@ def train_step(task, backend, scheduler, micro_batches: Sequence[dict], state: T
     grad_norm, stepped = backend.step()
     if stepped:  # an fp16 overflow skips the update: keep the schedule in place
         scheduler.step()  # ours, not the engine's: one schedule step per optimiser step everywhere
-    return {**logs, "skipped": 0.0, "grad_norm": grad_norm}
+    return {**logs, "skipped": 0.0, "grad_norm": float("nan") if grad_norm is None else grad_norm}  # None: no clip
