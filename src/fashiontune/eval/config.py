@@ -32,9 +32,27 @@ class EvalDataConfig:
 
 
 @dataclass
+class RetrievalTask:
+    """One Marqo-style task (eval/protocol.py): unique query strings -> every item of the split, BEIR metrics."""
+
+    name: str = ""  # the results.json key, e.g. "category-to-product"
+    query: str = "text"  # "text" = unique non-empty captions; else a label field, queried by its raw values
+    pattern: str = ""  # optional regex: only values in which it is found become queries
+    max_queries: int = 2000  # sampled with the eval seed when there are more unique values
+    image_weight: float = 1.0  # document = normalize(image_weight * image + text_weight * text)
+    text_weight: float = 0.0  # category -> product on the leaderboard: 0.9 / 0.1
+
+
+@dataclass
 class RetrievalConfig:
-    enabled: bool = True
+    enabled: bool = True  # text<->image over the split (relevant = same group_id or identical caption)
+    # cutoffs of Hit@K (results.json keys R@K, the old any-hit rate) and of BEIR Recall/P/NDCG/MAP@K (+ MRR@10)
     ks: List[int] = field(default_factory=lambda: [1, 5, 10, 50])
+    tasks: List[RetrievalTask] = field(default_factory=list)  # Marqo-style tasks, see configs/eval/marqo-*.yaml
+    # a BEIR qrels JSON {query_text: {item key: relevance}}: evaluates exactly its queries as task "qrels"
+    qrels: str = ""
+    qrels_image_weight: float = 1.0  # documents of the qrels task, as a task's image_weight / text_weight
+    qrels_text_weight: float = 0.0
     chunk_size: int = 0  # queries per chunk; 0 = as many as fit in memory_budget_mb
     memory_budget_mb: int = 0  # working set of one query chunk (chunk x N pairs); 0 = 1 GiB on CPU, GPU: free/4 <= 8 GiB
     device: str = "auto"  # auto = cuda when present, else cpu
@@ -98,6 +116,7 @@ class EvalConfig:
                 "set MiB >= 0 (0 = auto)")
         require(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", r.device)), source, "retrieval.device", r.device,
                 "use auto, cpu, cuda or cuda:N")
+        _check_tasks(source, r)
         c = self.category
         _check_ks(source, "category.ks", c.ks, c.enabled)
         require(bool(c.templates), source, "category.templates", c.templates, "give at least one template with {label}")
@@ -120,3 +139,24 @@ def _check_ks(source: str, key: str, ks: List[int], enabled: bool) -> None:
         require(bool(ks), source, key, ks, "list at least one cutoff K >= 1, e.g. [1, 5, 10]")
     bad = [k for k in ks if k < 1]
     require(not bad, source, key, ks, f"every K must be an integer >= 1 ({bad[0] if bad else ''} is not)")
+
+
+def _check_tasks(source: str, r: RetrievalConfig) -> None:
+    names = [t.name for t in r.tasks] + (["qrels"] if r.qrels else [])
+    for i, t in enumerate(r.tasks):
+        key = f"retrieval.tasks[{i}]"
+        require(bool(t.name), source, f"{key}.name", t.name, "name the task, e.g. text-to-image")
+        require(names.count(t.name) == 1, source, f"{key}.name", t.name, "use a name no other task has (nor 'qrels')")
+        require(bool(t.query), source, f"{key}.query", t.query, "use text or a label field of the manifest")
+        require(t.max_queries >= 1, source, f"{key}.max_queries", t.max_queries, "set an integer >= 1")
+        _check_weights(source, f"{key}.", t.image_weight, t.text_weight)
+        try:
+            re.compile(t.pattern)
+        except re.error as e:
+            require(False, source, f"{key}.pattern", t.pattern, f"a Python regular expression ({e})")
+    _check_weights(source, "retrieval.qrels_", r.qrels_image_weight, r.qrels_text_weight)
+
+
+def _check_weights(source: str, prefix: str, wi: float, wt: float) -> None:
+    require(wi >= 0 and wt >= 0 and wi + wt > 0, source, f"{prefix}image_weight/text_weight", (wi, wt),
+            "set weights >= 0, not both 0 (image only: 1 / 0; category -> product: 0.9 / 0.1)")

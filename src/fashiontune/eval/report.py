@@ -7,6 +7,21 @@ def _f(x) -> str:
     return "-" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
 
 
+_IR_ORDER = ("Recall", "P", "NDCG", "MAP", "MRR")
+
+
+def ir_table(blocks: dict[str, dict]) -> list[str]:
+    """One row per task / direction, one column per metric (Recall@K.. P@K.. NDCG@K.. MAP@K.. MRR@10)."""
+    keys = {k for m in blocks.values() for k in m if "@" in k}
+    cols = sorted(keys, key=lambda k: (_IR_ORDER.index(k.split("@")[0]) if k.split("@")[0] in _IR_ORDER else 9,
+                                       int(k.split("@")[1]) if k.split("@")[1].isdigit() else 0))
+    w = max([len(t) for t in blocks] + [10]) + 2
+    out = [f"{'task':<{w}}{'queries':>8}" + "".join(f"{c:>10}" for c in cols)]
+    for t, m in blocks.items():
+        out.append(f"{t:<{w}}{_f(m.get('queries')):>8}" + "".join(f"{_f(m.get(c)):>10}" for c in cols))
+    return out
+
+
 def format_table(results: dict) -> str:
     lines = [f"evaluation of split {results.get('split')!r}: {results.get('items')} items"
              f"{' (cached embeddings)' if results.get('embeddings_cached') else ''}"]
@@ -14,10 +29,17 @@ def format_table(results: dict) -> str:
     if ret:
         ks = [k for k in next(iter(ret.values())) if k.startswith("R@")]
         cols = ks + ["mrr", "mean_rank", "median_rank"]
-        lines += ["", "retrieval (full corpus, hit = any relevant item in top K)",
-                  f"{'direction':<10}" + "".join(f"{c:>12}" for c in cols)]
+        # results.json keeps the keys R@K / mrr; printed as Hit@K so nobody reads them as BEIR recall
+        heads = ["Hit@" + k[2:] for k in ks] + ["hit_mrr", "mean_rank", "median_rank"]
+        lines += ["", "retrieval (full corpus; Hit@K = share of queries with ANY relevant item in the top K)",
+                  f"{'direction':<10}" + "".join(f"{c:>12}" for c in heads)]
         for d, m in ret.items():
             lines.append(f"{d:<10}" + "".join(f"{_f(m.get(c)):>12}" for c in cols))
+    blocks = {d: m["ir"] for d, m in ret.items() if m.get("ir")}
+    blocks.update(results.get("tasks") or {})
+    if blocks:
+        lines += ["", "BEIR / trec_eval metrics (the public leaderboard's: Recall@K = relevant found in top K / all "
+                  "relevant; MRR over the top 10)"] + ir_table(blocks)
     cat = results.get("category") or {}
     if cat:
         keys = sorted({k for c in cat.values() for k in c.get("mean", {})}, key=lambda k: (k[0] != "P", len(k), k))

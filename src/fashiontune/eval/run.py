@@ -17,6 +17,7 @@ import torch
 from fashiontune.config import config_hash, save_config, to_dict
 from fashiontune.data.samples import ShardDataError, decode_rgb, iter_range
 from fashiontune.eval import embed as E
+from fashiontune.eval import protocol as P
 from fashiontune.eval.config import EvalConfig
 from fashiontune.eval.heads import head_logits, load_export_heads
 from fashiontune.eval.plots import confusion_png, topk_grid_png
@@ -126,6 +127,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     manifest = load_manifest(Path(cfg.data.shards))
     E.eval_shards(manifest, Path(cfg.data.shards), cfg.data.split)
     fields = _fields(cfg, manifest)
+    _check_task_fields(cfg, manifest)
     from fashiontune.eval.model import fingerprint
 
     model_fp = fingerprint(cfg.model)
@@ -149,7 +151,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         return {}
     from fashiontune.eval.model import resolve_model_config
 
-    results = score(cfg, corpus, fields, out, resolve_model_config(cfg.model)[1])
+    results = score(cfg, corpus, fields, out, resolve_model_config(cfg.model)[1], _text_embedder(cfg, state))
     results.update(
         config_hash=config_hash(cfg), config=to_dict(cfg), split=cfg.data.split, items=len(corpus),
         world_size=state.num_processes, embeddings_cached=cached,
@@ -162,8 +164,35 @@ def run_eval(cfg: EvalConfig) -> dict:
     return results
 
 
-def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir: Path | None = None) -> dict:
-    """All metrics from embeddings (fp32) and exported heads; no model needed."""
+def _check_task_fields(cfg: EvalConfig, manifest: dict) -> None:
+    labels = manifest.get("labels", {})
+    for i, t in enumerate(cfg.retrieval.tasks):
+        if t.query != "text" and t.query not in labels:
+            raise ManifestError(f"retrieval.tasks[{i}].query={t.query!r}: {cfg.data.shards}/manifest.json has no such "
+                                f"label field; use text or one of {sorted(labels)}.")
+
+
+def _text_embedder(cfg: EvalConfig, state):
+    """texts -> N x d normalised text embeddings, loading the model on first use (label-value and qrels
+    queries; caption queries reuse the cached embeddings)."""
+    loaded = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        from fashiontune.eval.model import load_eval_model
+
+        device = _device(state)
+        if not loaded:
+            torch.manual_seed(cfg.seed)  # random-init models: the same weights as the embedding pass
+            loaded.append(load_eval_model(cfg.model)[0])
+        return P.embed_texts(loaded[0], texts, device, cfg.precision.resolve(device.type).value, cfg.data.batch_size)
+
+    return embed
+
+
+def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir: Path | None = None,
+          embed_texts=None) -> dict:
+    """All metrics from embeddings (fp32) and exported heads; a model only for label-value / qrels queries
+    (`embed_texts`)."""
     dev = None if cfg.retrieval.device == "auto" else cfg.retrieval.device
     kw = dict(chunk_size=cfg.retrieval.chunk_size or None, memory_budget_bytes=(cfg.retrieval.memory_budget_mb << 20) or None,
               device=dev)
@@ -178,14 +207,17 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
         notes.append("every caption of the split is empty: no text->image / image->text retrieval")
     elif cfg.retrieval.enabled and corpus.text is not None:
         txt = torch.from_numpy(corpus.text).float()
-        k = max(max(cfg.retrieval.ks), cfg.plots.grid_k)
+        k = min(len(corpus), max(max(cfg.retrieval.ks), cfg.plots.grid_k, P.MRR_K))
         ranks = retrieval_ranks(img, txt, corpus.group_ids, corpus.captions, k=k, **kw)
         res["retrieval"] = {d: rank_metrics(r.first_rank, cfg.retrieval.ks) for d, r in ranks.items()}
+        _ir_directions(res["retrieval"], ranks, corpus, cfg.retrieval.ks)
         for d, r in ranks.items():  # per-query ranks (item order = embeddings/items.json) for error analysis
             out.mkdir(parents=True, exist_ok=True)
             np.save(out / f"ranks_{d}.npy", r.first_rank.numpy())
         if cfg.plots.grid_queries > 0:
             res["plots"].append(str(_grid(cfg, corpus, ranks["t2i"].topk_indices, plots / "topk_t2i.png")))
+    if cfg.retrieval.tasks or cfg.retrieval.qrels:
+        res["tasks"] = _tasks(cfg, corpus, out, embed_texts, notes, kw)
     for f, spec in fields.items():
         y = _targets(corpus, f, spec)
         vocab = spec["vocab"]
@@ -213,6 +245,42 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
             thr = hspec.get("threshold")
             res["classification"][f"{f}/{meta.get('task', 'head')}"] = _classify(
                 cfg, f, y, logits, spec["vocab"], spec, plots, res, meta.get("task", "head"), threshold=thr)
+    return res
+
+
+def _ir_directions(ret: dict, ranks: dict, corpus: E.Corpus, ks) -> None:
+    """BEIR/trec_eval metrics of text->image and image->text, from the same top-K (relevance is symmetric)."""
+    from fashiontune.metrics.ir import IRRun
+
+    qrels = P.pair_qrels(corpus.group_ids, corpus.captions)
+    for d, r in ranks.items():
+        ret[d]["ir"] = P.ir_block(IRRun.from_rank(r, len(corpus)), qrels, ks)
+
+
+def _tasks(cfg: EvalConfig, corpus: E.Corpus, out: Path, embed_texts, notes: list, kw: dict) -> dict:
+    """The Marqo-style tasks and the qrels file's task; each query set's ground truth lands in qrels/<task>.json."""
+    r = cfg.retrieval
+    if corpus.text is None:
+        notes.append("image-only model: retrieval.tasks / retrieval.qrels need a text tower; not scored")
+        return {}
+    jobs = [(t.name, t.image_weight, t.text_weight,
+             lambda t=t: P.derived_queries(corpus, t.query, t.max_queries, cfg.seed, t.pattern)) for t in r.tasks]
+    if r.qrels:
+        jobs.append(("qrels", r.qrels_image_weight, r.qrels_text_weight, lambda: P.read_qrels(r.qrels, corpus.keys)))
+    res = {}
+    for name, wi, wt, make in jobs:
+        q = make()
+        if not q.texts:
+            notes.append(f"task {name}: no query values in this split (nothing scored)")
+            continue
+        res[name] = P.score_task(corpus, q, P.query_embeddings(corpus, q.texts, embed_texts), wi, wt, r.ks, **kw)
+        if name != "qrels":
+            P.write_beir_qrels(out / "qrels" / f"{name}.json", q, corpus.keys)
+        else:
+            res[name]["file"] = r.qrels
+            if q.unknown:
+                notes.append(f"qrels: {res[name]['unknown_doc_ids']} doc id(s) of {r.qrels} are not item keys of "
+                             "this split: left out of the relevance sets (see unknown_doc_ids)")
     return res
 
 
