@@ -6,10 +6,11 @@ on the same split and checkpoint agree (tests/test_metrics_agree.py).
   threshold-tuning algorithm. Arguments in scikit-learn's order: (y_true, y_score, ...).
 - `topk`: exact top-K and first-relevant ranks over a full corpus in query chunks. The one tie rule: on equal
   scores the LOWER candidate index ranks first (the same rule as argmax and top-k accuracy).
-- `retrieval`: relevance (same group or identical non-empty caption), hit-rate style R@K / MRR / ranks from
-  first-relevant ranks, and category-to-product P@K.
-
-Leaderboard metrics (BEIR / trec_eval: Recall@K = relevant found in the top K / all relevant, nDCG@K,
-MRR@10) belong in a new module here (e.g. `ir.py`) that consumes `topk.RankResult` and a relevance function;
-they are different numbers from the hit-rate R@K of `retrieval` and must be named apart.
+- `retrieval`: relevance (same group or identical non-empty caption), HIT RATES from first-relevant ranks
+  (results.json key "R@K", printed as Hit@K: share of queries with ANY relevant item in the top K; "mrr":
+  first hit, no cutoff; mean / median rank), and category-to-product P@K.
+- `ir`: the public leaderboard's metrics, BEIR's `EvaluateRetrieval` / trec_eval (pytrec_eval) semantics, from
+  a top-K run (`topk_run`, one chunked pass) and graded judgments (qrels): Recall@K = relevant found in the top
+  K / ALL relevant of the query, P@K, NDCG@K, MAP@K, MRR@10; plus BEIR-shape ({qid: {docid: rel}}) converters.
+  Recall@K and Hit@K are different numbers whenever a query has several relevant items (Recall@K <= Hit@K).
 """

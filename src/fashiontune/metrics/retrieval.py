@@ -8,7 +8,10 @@ Definitions (all over the WHOLE evaluated corpus, never per batch):
 - Ranking: by dot-product similarity of L2-normalised embeddings in fp32, descending; equal scores are broken
   by the lower candidate index (deterministic, see topk.py).
 - rank_i: 1-based position of the best-ranked relevant candidate. A query is a hit at K when ANY relevant
-  candidate is in its top K, i.e. rank_i <= K. Recall@K = mean(rank_i <= K); MRR = mean(1 / rank_i);
+  candidate is in its top K, i.e. rank_i <= K. Hit@K = mean(rank_i <= K) (results.json key "R@K", kept for
+  compatibility: a HIT RATE, the "R@K" of CLIP papers and open_clip, NOT the BEIR/trec_eval Recall@K of the
+  public fashion leaderboard, which divides the relevant items found by ALL relevant items of the query: see
+  metrics/ir.py); MRR = mean(1 / rank_i) over the full ranking (no cutoff, unlike BEIR's MRR@10);
   mean_rank = mean(rank_i); median_rank = median(rank_i) (numpy median: the mean of the two middle ranks for
   an even count; open_clip reports floor(median(rank - 1)) + 1).
 - Category-to-product (per label field, per label value v): query = embedding of a label prompt for v
@@ -46,7 +49,12 @@ def codes(values: Sequence[str], empty_unique: bool = False) -> np.ndarray:
 
 
 def rank_metrics(ranks: np.ndarray | Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """Recall@K, MRR, mean and median rank from 1-based first-relevant ranks (-1 = no relevant: excluded)."""
+    """Hit rates and first-hit ranks from 1-based first-relevant ranks (-1 = no relevant: excluded).
+
+    Keys: "R@K" = Hit@K, the share of queries with at least one relevant item in the top K (not BEIR's
+    Recall@K: for that use metrics.ir.ir_metrics); "mrr" = mean 1 / rank of the first relevant item, no cutoff;
+    "mean_rank", "median_rank", "queries". The keys keep their results.json names; reports print them as Hit@K.
+    """
     r = np.asarray(ranks, dtype=np.float64)
     r = r[r > 0]
     if r.size == 0:
