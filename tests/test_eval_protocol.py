@@ -176,7 +176,7 @@ def test_qrels_eval_equals_beir_topk_plus_pytrec_eval_on_cached_embeddings(kagl,
     res = run("marqo-kagl.yaml", kagl, tmp_path / "derive", "retrieval.tasks=[]", "retrieval.enabled=false",
               f"retrieval.qrels={gt_path}")
     assert res["embeddings_cached"] is True
-    got = res["tasks"]["qrels"]
+    got = res["ir"]["qrels"]
     assert got["unknown_doc_ids"] == 1 and got["queries_with_unknown_doc_ids"] == 1
     assert any("not item keys" in n for n in res["notes"])
 
@@ -195,8 +195,8 @@ def test_qrels_eval_equals_beir_topk_plus_pytrec_eval_on_cached_embeddings(kagl,
 
 def test_marqo_kagl_config_runs_every_task_and_prints_the_metrics(kagl, tmp_path, capsys):
     res = run("marqo-kagl.yaml", kagl, tmp_path / "marqo", "retrieval.enabled=true")
-    tasks = res["tasks"]
-    assert list(tasks) == ["text-to-image", "category-to-product", "sub-category-to-product",
+    tasks = res["ir"]
+    assert list(tasks) == ["t2i", "i2t", "text-to-image", "category-to-product", "sub-category-to-product",
                            "fine-category-to-product", "colour-to-product", "season-to-product", "usage-to-product"]
     labels = json.loads((kagl / "manifest.json").read_text())["labels"]
     assert tasks["category-to-product"]["queries"] == len(labels["masterCategory"]["vocab"])
@@ -204,7 +204,7 @@ def test_marqo_kagl_config_runs_every_task_and_prints_the_metrics(kagl, tmp_path
     for t in tasks.values():
         assert {"Recall@1", "Recall@10", "P@10", "NDCG@10", "MAP@10", "MRR@10"} <= set(t) and t["docs"] == 80
     # the default directions keep their keys and gain the BEIR block
-    assert {"R@1", "R@10", "mrr"} <= set(res["retrieval"]["t2i"]) and "Recall@10" in res["retrieval"]["t2i"]["ir"]
+    assert {"R@1", "R@10", "mrr"} <= set(res["retrieval"]["t2i"]) and "Recall@10" in tasks["t2i"]
     # derived ground truth written BEIR-shaped, re-usable as retrieval.qrels
     gt = json.loads((tmp_path / "marqo" / "qrels" / "colour-to-product.json").read_text())
     assert len(gt) == tasks["colour-to-product"]["queries"]
@@ -218,3 +218,18 @@ def test_marqo_task_on_a_field_the_shards_lack_is_a_one_line_error(kagl, tmp_pat
 
     with pytest.raises(ManifestError, match=r"retrieval.tasks\[0\].query='category'.*no such label field"):
         run("marqo-imaterialist.yaml", kagl, tmp_path / "bad")
+
+
+@pytest.mark.parametrize("fmt, config, n", [("deepfashion-mm", "marqo-deepfashion-mm.yaml", 30),
+                                            ("imaterialist", "marqo-imaterialist.yaml", 30)])
+def test_marqo_configs_run_on_synthetic_corpora_in_the_real_layouts(tmp_path, fmt, config, n):
+    shards = build_shards(tmp_path, fmt, n)
+    res = run(config, shards, tmp_path / "out")
+    tasks = res["ir"]
+    for t in tasks.values():
+        assert t["queries"] >= 1 and 0 <= t["Recall@10"] <= 1 and t["docs"] == res["items"]
+    if fmt == "deepfashion-mm":
+        assert list(tasks) == ["t2i", "i2t", "text-to-image", "category-to-product"]
+    else:  # synthetic iMaterialist has no neckline attribute: reported, not an error
+        assert list(tasks) == ["category-to-image", "style-to-image"]
+        assert any("neckline-to-image: no query values" in x for x in res["notes"])

@@ -142,11 +142,11 @@ def _check_ks(source: str, key: str, ks: List[int], enabled: bool) -> None:
 
 
 def _check_tasks(source: str, r: RetrievalConfig) -> None:
-    names = [t.name for t in r.tasks] + (["qrels"] if r.qrels else [])
+    names = [t.name for t in r.tasks] + ["qrels", "t2i", "i2t"]  # results.json "ir" keys
     for i, t in enumerate(r.tasks):
         key = f"retrieval.tasks[{i}]"
         require(bool(t.name), source, f"{key}.name", t.name, "name the task, e.g. text-to-image")
-        require(names.count(t.name) == 1, source, f"{key}.name", t.name, "use a name no other task has (nor 'qrels')")
+        require(names.count(t.name) == 1, source, f"{key}.name", t.name, "use a name no other task has (nor qrels, t2i, i2t)")
         require(bool(t.query), source, f"{key}.query", t.query, "use text or a label field of the manifest")
         require(t.max_queries >= 1, source, f"{key}.max_queries", t.max_queries, "set an integer >= 1")
         _check_weights(source, f"{key}.", t.image_weight, t.text_weight)

@@ -35,8 +35,7 @@ def format_table(results: dict) -> str:
                   f"{'direction':<10}" + "".join(f"{c:>12}" for c in heads)]
         for d, m in ret.items():
             lines.append(f"{d:<10}" + "".join(f"{_f(m.get(c)):>12}" for c in cols))
-    blocks = {d: m["ir"] for d, m in ret.items() if m.get("ir")}
-    blocks.update(results.get("tasks") or {})
+    blocks = results.get("ir") or {}
     if blocks:
         lines += ["", "BEIR / trec_eval metrics (the public leaderboard's: Recall@K = relevant found in top K / all "
                   "relevant; MRR over the top 10)"] + ir_table(blocks)

@@ -210,14 +210,14 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
         k = min(len(corpus), max(max(cfg.retrieval.ks), cfg.plots.grid_k, P.MRR_K))
         ranks = retrieval_ranks(img, txt, corpus.group_ids, corpus.captions, k=k, **kw)
         res["retrieval"] = {d: rank_metrics(r.first_rank, cfg.retrieval.ks) for d, r in ranks.items()}
-        _ir_directions(res["retrieval"], ranks, corpus, cfg.retrieval.ks)
+        res["ir"] = _ir_directions(ranks, corpus, cfg.retrieval.ks)
         for d, r in ranks.items():  # per-query ranks (item order = embeddings/items.json) for error analysis
             out.mkdir(parents=True, exist_ok=True)
             np.save(out / f"ranks_{d}.npy", r.first_rank.numpy())
         if cfg.plots.grid_queries > 0:
             res["plots"].append(str(_grid(cfg, corpus, ranks["t2i"].topk_indices, plots / "topk_t2i.png")))
     if cfg.retrieval.tasks or cfg.retrieval.qrels:
-        res["tasks"] = _tasks(cfg, corpus, out, embed_texts, notes, kw)
+        res.setdefault("ir", {}).update(_tasks(cfg, corpus, out, embed_texts, notes, kw))
     for f, spec in fields.items():
         y = _targets(corpus, f, spec)
         vocab = spec["vocab"]
@@ -248,13 +248,12 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
     return res
 
 
-def _ir_directions(ret: dict, ranks: dict, corpus: E.Corpus, ks) -> None:
+def _ir_directions(ranks: dict, corpus: E.Corpus, ks) -> dict:
     """BEIR/trec_eval metrics of text->image and image->text, from the same top-K (relevance is symmetric)."""
     from fashiontune.metrics.ir import IRRun
 
     qrels = P.pair_qrels(corpus.group_ids, corpus.captions)
-    for d, r in ranks.items():
-        ret[d]["ir"] = P.ir_block(IRRun.from_rank(r, len(corpus)), qrels, ks)
+    return {d: {**P.ir_block(IRRun.from_rank(r, len(corpus)), qrels, ks), "docs": len(corpus)} for d, r in ranks.items()}
 
 
 def _tasks(cfg: EvalConfig, corpus: E.Corpus, out: Path, embed_texts, notes: list, kw: dict) -> dict:
