@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fashiontune.config import load_config
+from fashiontune.errors import UserError
 from fashiontune.eval import protocol as P
 from fashiontune.eval.config import EvalConfig
 from fashiontune.eval.embed import Corpus
-from fashiontune.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.name=ft-tiny-vit", "model.pretrained=''", "model.checkpoint=''", "data.num_workers=0",

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from fashiontune.eval.embed import Corpus
+from fashiontune.metrics.ir import (
+    MRR_K,  # the leaderboard's MRR looks at the top 10 only
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +132,6 @@ def ir_block(run, qrels: list[dict[int, int]], ks: Sequence[int]) -> dict:
 
     return ir_metrics(run, qrels, ks=list(ks), mrr_k=MRR_K)
 
-
-MRR_K = 10  # the leaderboard's MRR looks at the top 10 only
 
 
 def run_k(ks: Sequence[int], n_docs: int) -> int:

@@ -37,8 +37,8 @@ def format_table(results: dict) -> str:
             lines.append(f"{d:<10}" + "".join(f"{_f(m.get(c)):>12}" for c in cols))
     blocks = results.get("ir") or {}
     if blocks:
-        lines += ["", "BEIR / trec_eval metrics (the public leaderboard's: Recall@K = relevant found in top K / all "
-                  "relevant; MRR over the top 10)"] + ir_table(blocks)
+        lines += ["", ("BEIR / trec_eval metrics (the public leaderboard's: Recall@K = relevant found in top K / all "
+                       "relevant; MRR over the top 10)"), *ir_table(blocks)]
     cat = results.get("category") or {}
     if cat:
         keys = sorted({k for c in cat.values() for k in c.get("mean", {})}, key=lambda k: (k[0] != "P", len(k), k))
