@@ -109,6 +109,11 @@ def test_product_documents_weight_normalised_towers():
     np.testing.assert_allclose(P.doc_embeddings(c, 1.0, 0.0).numpy(), img, rtol=1e-6)
 
 
+def test_pair_qrels_same_group_or_same_non_empty_caption():
+    q = P.pair_qrels(["g0", "g0", "g1", "g2", "g3"], ["a", "b", "a", "", ""])
+    assert q == [{0: 1, 1: 1, 2: 1}, {0: 1, 1: 1}, {0: 1, 2: 1}, {3: 1}, {4: 1}]
+
+
 def test_query_embeddings_reuse_caption_rows_and_embed_the_rest():
     c = corpus(["a", "b", "a"], [{}, {}, {}])
     asked = []
@@ -204,6 +209,10 @@ def test_marqo_kagl_config_runs_every_task_and_prints_the_metrics(kagl, tmp_path
         assert {"Recall@1", "Recall@10", "P@10", "NDCG@10", "MAP@10", "MRR@10"} <= set(t) and t["docs"] == 80
     # the default directions keep their keys and gain the BEIR block
     assert {"R@1", "R@10", "mrr"} <= set(res["retrieval"]["t2i"]) and "Recall@10" in tasks["t2i"]
+    for d in ("t2i", "i2t"):  # every query has >= 1 relevant item: BEIR recall <= hit rate, MRR@10 <= full-list MRR
+        hit, ir = res["retrieval"][d], tasks[d]
+        assert ir["queries"] == 80 and ir["Recall@10"] <= hit["R@10"] and ir["MRR@10"] <= hit["mrr"]
+        assert ir["P@1"] == pytest.approx(hit["R@1"])  # top-1 relevant <=> hit at 1
     # derived ground truth written BEIR-shaped, re-usable as retrieval.qrels
     gt = json.loads((tmp_path / "marqo" / "qrels" / "colour-to-product.json").read_text())
     assert len(gt) == tasks["colour-to-product"]["queries"]

@@ -165,11 +165,12 @@ def pair_qrels(group_ids: Sequence[str], captions: Sequence[str]) -> list[dict[i
     """The default text<->image relevance (same group_id or identical non-empty caption) as per-query qrels."""
     from fashiontune.metrics.retrieval import PairRelevance
 
-    rows, cols = PairRelevance(group_ids, captions)(0, len(group_ids), torch.device("cpu"))
-    out: list[dict[int, int]] = [{} for _ in group_ids]
-    for r, c in zip(rows.tolist(), cols.tolist()):
-        out[r][c] = 1
-    return out
+    n = len(group_ids)
+    rows, cols = PairRelevance(group_ids, captions)(0, n, torch.device("cpu"))
+    order = np.argsort(rows.numpy(), kind="stable")
+    r, c = rows.numpy()[order], cols.numpy()[order]
+    bounds = np.searchsorted(r, np.arange(n + 1))
+    return [dict.fromkeys(c[bounds[i]:bounds[i + 1]].tolist(), 1) for i in range(n)]  # a pair may repeat
 
 
 @torch.no_grad()
