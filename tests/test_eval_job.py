@@ -281,3 +281,19 @@ def test_two_processes_give_the_same_results_as_one(shards, tmp_path):
     for f in ("image.npy", "text.npy", "prompts.color.npy"):
         assert np.array_equal(np.load(tmp_path / "one/embeddings" / f), np.load(tmp_path / "two/embeddings" / f))
     assert "retrieval" in proc.stdout
+
+
+def test_the_whole_corpus_is_every_split_in_manifest_order(shards, tmp_path):
+    """data.split=all (the leaderboard's documents: every item of the dataset) embeds val then test, 17 items,
+    the same as naming both splits; the test split's own embeddings are the tail of it (batches aligned)."""
+    from fashiontune.eval.run import run_eval
+
+    whole = run_eval(cfg_for(shards, tmp_path / "all", "data.split=all", "data.batch_size=4"))
+    named = run_eval(cfg_for(shards, tmp_path / "named", "data.split=val,test", "data.batch_size=4"))
+    assert whole["items"] == named["items"] == 17
+    keys = json.loads((tmp_path / "all" / "embeddings" / "items.json").read_text())["keys"]
+    assert keys == [f"it{i:03d}" for i in range(17)]
+    assert strip(whole)["retrieval"] == strip(named)["retrieval"]
+    assert np.array_equal(np.load(tmp_path / "all/embeddings/image.npy"), np.load(tmp_path / "named/embeddings/image.npy"))
+    with pytest.raises(Exception, match="no split 'nope'"):
+        run_eval(cfg_for(shards, tmp_path / "bad", "data.split=test,nope"))

@@ -103,7 +103,7 @@ class EvalConfig:
         self.model.validate(source)
         d = self.data
         require(bool(d.shards), source, "data.shards", d.shards, "set the shard directory (holding manifest.json)")
-        require(bool(d.split), source, "data.split", d.split, "name a split of the manifest, e.g. test")
+        require(bool(d.split), source, "data.split", d.split, "name a split of the manifest (e.g. test), several (val,test) or all")
         require(d.batch_size >= 1, source, "data.batch_size", d.batch_size, "set an integer >= 1")
         from fashiontune.data.workers import resolve_pin_memory, resolve_workers
 

@@ -50,9 +50,23 @@ class Corpus:
         return len(self.keys)
 
 
+def split_names(manifest: dict, split: str) -> list[str]:
+    """`data.split` as split names: one name, several ("val,test"), or `all` = every split of the manifest
+    (the whole corpus: the leaderboard's documents are every item of a dataset)."""
+    if split.strip() == "all":
+        return list(manifest.get("splits", {}))
+    return [s.strip() for s in split.split(",") if s.strip()]
+
+
 def eval_shards(manifest: dict, shards_dir: Path, split: str) -> list[ShardInfo]:
-    """The split's shards in manifest order (the training loader's list, with the eval config's key)."""
-    return split_shards(manifest, split, shards_dir, key="data.split")
+    """The shards of data.split's splits, each in manifest order, one split after the other (the training loader's
+    list, with the eval config's key): the global item order the eval embeds, gathers and scores in."""
+    return [sh for name in split_names(manifest, split) for sh in split_shards(manifest, name, shards_dir, key="data.split")]
+
+
+def split_count(manifest: dict, split: str) -> int:
+    """Items of data.split's splits, as manifest.json counts them (what the embedding must reach)."""
+    return sum(int(manifest["splits"][name].get("count", 0)) for name in split_names(manifest, split))
 
 
 def batch_range(total: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:

@@ -62,7 +62,8 @@ def cache_fingerprint(cfg: EvalConfig, manifest: dict, fields: dict, model_fp, d
     """What the cached embeddings depend on. The precision is the RESOLVED one (auto = bf16 on CUDA, fp32 on
     CPU): a CPU fp32 cache is not reused by a GPU bf16 run, nor the other way round."""
     return {"features": "raw-image/normalised-text", "model": model_fp, "shards": str(Path(cfg.data.shards).resolve()),
-            "split": cfg.data.split, "split_shards": manifest["splits"].get(cfg.data.split, {}).get("shards"),
+            "split": cfg.data.split,
+            "split_shards": [manifest["splits"].get(n, {}).get("shards") for n in E.split_names(manifest, cfg.data.split)],
             "precision": cfg.precision.resolve(device_type).value, "templates": list(cfg.category.templates),
             "fields": sorted(fields)}
 
@@ -74,7 +75,7 @@ def _embed(cfg: EvalConfig, manifest: dict, fields: dict, state) -> E.Corpus | N
 
     shards_dir = Path(cfg.data.shards)
     shards = E.eval_shards(manifest, shards_dir, cfg.data.split)
-    total = int(manifest["splits"][cfg.data.split]["count"])
+    total = E.split_count(manifest, cfg.data.split)
     torch.manual_seed(cfg.seed)  # random-init models: every rank (and every run) builds the same weights
     loaded, _ = load_eval_model(cfg.model)
     device = _device(state)
