@@ -68,16 +68,8 @@ def test_fresh_clone_train_template_runs_requeues_and_resumes(dev_cluster, clone
     assert FAULT_TRACE_ENV == "FASHIONTUNE_TEST_FAULT_TRACE"
     job = _sbatch([*CPU_FLAGS, "slurm/train.sbatch"], clone, env)  # as the README says: from the repository root
     log = clone / f"runs/_slurm/fashiontune-train-{job}.out"
-    try:
-        trace.wait_for(f"saved {EVERY}", 300)  # the step-4 checkpoint is complete (a line read stays read)
-        trace.hold()  # the job blocks at its next fault point: certainly running when the signal lands
-        T.usr2(job, batch=True)  # what #SBATCH --signal=B:USR2@180 sends: the template's trap requeues
-        T.wait_until(f"job {job} restarted", lambda: T.restarts(job) >= 1, 120)
-        trace.release()
-        final = T.wait_final_state(job, 300)
-    finally:
-        subprocess.run(["scancel", job], capture_output=True)  # a no-op once it has ended
-        trace.close()
+    # held after the step-4 checkpoint; the template's trap requeues
+    final = T.requeue_batch_job_at(trace, job, f"saved {EVERY}", restart_s=120, final_s=300)
     text = log.read_text() if log.exists() else f"no log at {log}"
     assert final == "COMPLETED", text
     assert "USR2: requeue job" in text and "restart 1:" in text, text

@@ -89,16 +89,7 @@ def test_train_template_two_processes_requeues_on_usr2_and_resumes(dev_cluster, 
     env[FAULT_TRACE_ENV] = str(trace.path)
     job = _sbatch(["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--time=30",
                    f"--output={tmp_path}/train-%j.out", "slurm/train.sbatch"], env)
-    try:
-        trace.wait_for("saved 4", 600)  # the step-4 checkpoint is complete (a line read stays read)
-        trace.hold()  # the job blocks at its next fault point: it is certainly running when the signal lands
-        T.usr2(job, batch=True)  # what --signal=B:USR2@180 sends
-        T.wait_until(f"job {job} restarted", lambda: T.restarts(job) >= 1, 300)
-        trace.release()
-        final = T.wait_final_state(job, 600)
-    finally:
-        subprocess.run(["scancel", job], capture_output=True)  # a no-op once it has ended
-        trace.close()
+    final = T.requeue_batch_job_at(trace, job, "saved 4", restart_s=300, final_s=600)  # after step 4's checkpoint
     log = (tmp_path / f"train-{job}.out").read_text()
     assert final == "COMPLETED", log
     assert "USR2: requeue job" in log and "restart 1:" in log  # the trap requeued the same job id

@@ -119,6 +119,23 @@ class TraceFifo:
 
 
 # -- jobs for tests/test_launch_preempt.py (run inside a task process; importable by the unpickler) ---------
+def requeue_batch_job_at(trace: "TraceFifo", job_id: str, line: str, restart_s: float, final_s: float) -> str:
+    """A batch-script job (the sbatch templates) requeued by its own USR2 trap at a known moment: wait for the
+    trace `line` (a line read stays read), hold the job at its next fault point (certainly running when the signal
+    lands), send USR2 to the batch shell (what `#SBATCH --signal=B:USR2@...` sends), wait for the restart, let it
+    go, and return its final state. The job is cancelled and the trace closed whatever happens."""
+    try:
+        trace.wait_for(line, final_s)
+        trace.hold()
+        usr2(job_id, batch=True)
+        wait_until(f"job {job_id} restarted", lambda: restarts(job_id) >= 1, restart_s)
+        trace.release()
+        return wait_final_state(job_id, final_s)
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True)  # a no-op once it has ended
+        trace.close()
+
+
 class SignalSelfAtExit:
     """A checkpointable job that returns at once and sends itself USR2 at interpreter exit (after the job
     returned); `checkpoint()` (a requeue of the finished job: wrong) leaves `marker`."""
