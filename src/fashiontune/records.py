@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 LabelValue = Union[str, list[str]]
 
@@ -20,6 +20,10 @@ class Record:
     labels:     label field -> value (single-label) or list of values (multi-label). Fields absent for an
                 item are simply missing from the dict (never a placeholder value).
     meta:       any other source metadata worth keeping in the sample's json (raw name, height, ...).
+    split:      "" (the builder draws the split from the group hash), or the split the dataset itself fixes for
+                the item (Fashion-MNIST's t10k = "test"). A split any record fixes holds exactly those records.
+    image_index: None when image_path is an image file; else the item is image number `image_index` of the
+                multi-image file image_path (an IDX file), read from there by the shard writer.
     """
 
     id: str
@@ -28,6 +32,8 @@ class Record:
     text: str = ""
     labels: dict[str, LabelValue] = field(default_factory=dict)
     meta: dict[str, object] = field(default_factory=dict)
+    split: str = ""
+    image_index: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fashiontune.config import ConfigError
 
-SOURCES = ("kagl", "deepfashion-mm", "imaterialist", "folder", "csv")
+SOURCES = ("kagl", "deepfashion-mm", "imaterialist", "folder", "csv", "fashion-mnist")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

@@ -156,9 +156,29 @@ def load_upright_rgb(path: str, image_size: int, follow_symlinks: bool = True) -
         raise ImageError("undecodable_image", f"cannot convert mode {im.mode}: {type(e).__name__}: {e}") from None
 
 
-def encode(path: str, image_size: int, quality: int, follow_symlinks: bool = True) -> Encoded:
-    """The whole per-image pipeline: decode fast -> upright RGB -> resize -> JPEG bytes."""
-    im, orig = load_upright_rgb(path, image_size, follow_symlinks)
+def load_indexed(path: str, index: int, follow_symlinks: bool = True) -> Image.Image:
+    """Image number `index` of a multi-image IDX file (Fashion-MNIST), as RGB. Raises ImageError."""
+    from fashiontune.sources.idx import IdxError, cached_images
+
+    open_regular(path, follow_symlinks).close()  # the same refusals as an image file (symlink, FIFO, missing)
+    try:
+        images = cached_images(path)
+    except IdxError as e:
+        raise ImageError("corrupt_image", str(e)) from None
+    if not 0 <= index < len(images):
+        raise ImageError("missing_image", f"{path} holds {len(images)} images, not number {index}")
+    return Image.fromarray(np.ascontiguousarray(images[index]), "L").convert("RGB")
+
+
+def encode(path: str, image_size: int, quality: int, follow_symlinks: bool = True,
+           index: int | None = None) -> Encoded:
+    """The whole per-image pipeline: decode fast -> upright RGB -> resize -> JPEG bytes. `index`: the image
+    is number `index` of the multi-image file `path` (Record.image_index)."""
+    if index is None:
+        im, orig = load_upright_rgb(path, image_size, follow_symlinks)
+    else:
+        im = load_indexed(path, index, follow_symlinks)
+        orig = im.size
     size = target_size(*orig, image_size)  # from the original, so draft rounding never skews the aspect
     if size != im.size:
         im = im.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from fashiontune.records import Record, Skip
+from fashiontune.shards.errors import BuildError
 from fashiontune.shards.paths import PathPolicy
 from fashiontune.sources.base import printable as _printable
 
@@ -141,6 +142,30 @@ def _check_record(r: Record, policy: PathPolicy, first_path: dict[str, str]) -> 
     return path, None
 
 
+def drawn_splits(splits: dict[str, float], kept: list[tuple[Record, str]]) -> tuple[dict[str, float], list[str]]:
+    """(fractions the group hash draws the other items from, the splits the source fixes).
+
+    A split that any record fixes (Record.split, e.g. Fashion-MNIST's official test set) holds exactly the
+    records that fix it: its fraction is ignored and the rest are drawn among the other splits, their fractions
+    rescaled to sum to 1. Without fixed splits the fractions are used untouched (no rescaling round-off)."""
+    fixed = sorted({r.split for r, _ in kept if r.split})
+    unknown = [f for f in fixed if f not in splits]
+    fix = "its fraction is ignored: the dataset decides which items are in it"
+    if unknown:
+        raise BuildError(f"the source fixes the split(s) {', '.join(unknown)} of some items, but splits="
+                         f"{','.join(f'{k}={v:g}' for k, v in splits.items())} has no such split: add it, e.g. "
+                         f"--splits train=0.9,val=0.1,{unknown[0]}=0 ({fix}).")
+    if not fixed:
+        return splits, []
+    free = {k: v for k, v in splits.items() if k not in fixed}
+    total = sum(free.values())
+    if total <= 0 and any(not r.split for r, _ in kept):
+        raise BuildError(f"the source fixes the split(s) {', '.join(fixed)}; the other items need another split "
+                         f"with a fraction > 0 in splits={','.join(f'{k}={v:g}' for k, v in splits.items())}, "
+                         "e.g. --splits train=0.9,val=0.1,test=0.")
+    return {k: v / total for k, v in free.items()} if total > 0 else free, fixed
+
+
 def make_plan(records: Iterable[Record | Skip], input_dir: Path, params: dict) -> Plan:
     """Turn a source's records into the shard plan (deterministic; see module docstring)."""
     splits: dict[str, float] = params["splits"]
@@ -168,10 +193,13 @@ def make_plan(records: Iterable[Record | Skip], input_dir: Path, params: dict) -
             multi[k] = multi.get(k, False) or isinstance(v, (list, tuple))
     multi = dict(sorted(multi.items()))
 
+    drawn, fixed = drawn_splits(splits, kept)
+    if fixed:
+        params = {**params, "fixed_splits": fixed}
     by_split: dict[str, list[tuple[float, str, dict]]] = {name: [] for name in splits}
     for r, path in kept:
         group = r.group_id or r.id  # a source without product ids: every item its own group
-        split = assign_split(group, splits, salt)
+        split = r.split or assign_split(group, drawn, salt)
         item = {
             "id": r.id,
             "group_id": group,
@@ -181,6 +209,8 @@ def make_plan(records: Iterable[Record | Skip], input_dir: Path, params: dict) -
             "labels": _norm_labels(r.labels, multi),
             "meta": json.loads(json.dumps(r.meta, sort_keys=True, default=str)),
         }
+        if r.image_index is not None:  # only then: the specs (and shards) of image-file builds stay as they were
+            item["index"] = int(r.image_index)
         # Order by a hash of the id: a deterministic shuffle, so one shard is not one class or one product.
         by_split[split].append((unit_hash(salt, "order", r.id), r.id, item))
 

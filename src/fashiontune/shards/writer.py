@@ -167,7 +167,7 @@ def write_shard(
             try:
                 for item in shard["items"]:
                     try:
-                        enc = encode(item["path"], image_size, quality, follow)
+                        enc = encode(item["path"], image_size, quality, follow, item.get("index"))
                     except ImageError as e:
                         errors.append({"id": item["id"], "path": item["path"], "reason": e.reason, "detail": e.detail})
                     else:

@@ -20,6 +20,7 @@ SOURCES: dict[str, tuple[str, str]] = {
     "imaterialist": ("fashiontune.sources.imaterialist", "IMaterialistSource"),
     "folder": ("fashiontune.sources.folder", "FolderSource"),
     "csv": ("fashiontune.sources.csv_items", "CsvSource"),
+    "fashion-mnist": ("fashiontune.sources.fashion_mnist", "FashionMnistSource"),
 }
 
 __all__ = ["SOURCES", "Source", "SourceError", "SourceSkip", "get_source", "path_id", "safe_id", "skip"]

@@ -1,0 +1,75 @@
+"""Fashion-MNIST: the four IDX files of Zalando's 70,000 28x28 greyscale product photos, 10 classes.
+
+Debian's `dataset-fashion-mnist` installs them in /usr/share/datasets/fashion-mnist. The official split is
+kept: every t10k item is fixed to the `test` split (Record.split); the 60,000 train items are drawn into the
+other splits by the usual group hash. Images stay inside the IDX file: a Record points at it with
+`image_index`, and the shard writer reads the pixels from there.
+
+Derived label fields (from the class alone, so they are exact): `group` (top, bottom, dress, footwear, bag)
+and the multi-label `worn` (body regions a class covers: a dress is both upper and lower body).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from fashiontune.records import Record, Skip
+
+from .base import Source, SourceError, skip
+from .idx import IMAGES, LABELS, parse, read_bytes, read_idx
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+GROUP = {"T-shirt/top": "top", "Trouser": "bottom", "Pullover": "top", "Dress": "dress", "Coat": "top",
+         "Sandal": "footwear", "Shirt": "top", "Sneaker": "footwear", "Bag": "bag", "Ankle boot": "footwear"}
+WORN = {"top": ["upper-body"], "bottom": ["lower-body"], "dress": ["lower-body", "upper-body"], "footwear": ["feet"],
+        "bag": ["carried"]}
+# (file prefix, fixed split: "" = drawn by the group hash)
+PARTS = (("train", ""), ("t10k", "test"))
+
+
+def caption(label: str) -> str:
+    """'T-shirt/top' -> 'a photo of a t-shirt or top'."""
+    name = label.lower().replace("/", " or ")
+    return f"a photo of {'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+class FashionMnistSource(Source):
+    name = "fashion-mnist"
+    required = {f"{p}-{k}": f"IDX {k.split('-')[0]} file (gzipped or not)" for p, _ in PARTS
+                for k in ("images-idx3-ubyte", "labels-idx1-ubyte")}
+
+    def find(self, root: Path, stem: str) -> Path:
+        for p in (root / f"{stem}.gz", root / stem):
+            if p.is_file():
+                return p
+        raise SourceError(f"fashion-mnist: neither {root / stem}.gz nor {root / stem} exists. {self.expect()} "
+                          "(`apt-get install dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist.)")
+
+    def check(self, input_dir: Path) -> Path:
+        root = Path(input_dir)
+        if not root.is_dir():
+            raise SourceError(f"fashion-mnist: input {root} is not a directory. {self.expect()}")
+        return root
+
+    def iter_records(self, input_dir: Path) -> Iterator[Record | Skip]:
+        root = self.check(input_dir)
+        for prefix, split in PARTS:
+            images = self.find(root, f"{prefix}-images-idx3-ubyte")
+            labels_path = self.find(root, f"{prefix}-labels-idx1-ubyte")
+            # the whole file is checked here (magic, size, truncation): a bad one fails before any shard
+            n = len(parse(read_bytes(images), images, IMAGES))
+            labels = read_idx(labels_path, LABELS)
+            if len(labels) != n:
+                raise SourceError(f"fashion-mnist: {labels_path} holds {len(labels)} labels but {images} holds {n} "
+                                  "images: the two files must come from the same download; get both again.")
+            for i, c in enumerate(labels.tolist()):
+                rid = f"{prefix}-{i:05d}"
+                if c >= len(CLASSES):
+                    yield skip(rid, f"{labels_path}:{i}", "unparsable_row",
+                               f"label {c} is not a Fashion-MNIST class (0-9); the labels file is damaged")
+                    continue
+                label = CLASSES[c]
+                yield Record(id=rid, group_id=rid, image_path=images, text=caption(label), split=split,
+                             image_index=i, labels={"label": label, "group": GROUP[label], "worn": WORN[GROUP[label]]},
+                             meta={"file": images.name, "index": i})
