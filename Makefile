@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench slurm-up slurm-down clean
+.PHONY: setup demo test test-fast bench fmnist slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,11 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m fashiontune demo --out demo
 
-# Starts the one-node dev SLURM cluster where it can (root + apt); the `slurm` tests skip with the reason otherwise.
+# Starts the one-node dev SLURM cluster and installs the real Fashion-MNIST where it can (root + apt); the `slurm`
+# and real-data tests skip with the reason otherwise (under CI=true as root they fail instead).
 test: setup
 	-bash slurm/dev-cluster/start.sh
+	-$(MAKE) --no-print-directory fmnist
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
@@ -32,6 +34,12 @@ bench: setup
 	$(PY) bench/shards.py
 	$(PY) bench/train.py
 	$(PY) bench/eval.py
+
+# Debian's dataset-fashion-mnist (~30 MB): /usr/share/datasets/fashion-mnist/{train,t10k}-*-ubyte.gz
+fmnist:
+	@test -d /usr/share/datasets/fashion-mnist || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; }; } \
+	  || { echo "fmnist: cannot install dataset-fashion-mnist here (needs root + apt): the real-data tests skip" >&2; exit 3; }
 
 slurm-up:
 	bash slurm/dev-cluster/start.sh

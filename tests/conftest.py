@@ -23,3 +23,19 @@ def dev_cluster():
         pytest.fail(f"slurm/dev-cluster/start.sh failed:\n{c.output}")
     print(f"dev cluster ready in {c.seconds:.1f} s: {c.output}")
     return c
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir():
+    """The real Fashion-MNIST (Debian's dataset-fashion-mnist; `make test` installs it as root). Skips with the
+    reason where it is not installed; fails instead under CI=true as root, where `make test` must have put it."""
+    from fashiontune.sources.fashion_mnist import INSTALLED, installed_dir
+
+    d = installed_dir()
+    if d is None:
+        why = (f"Fashion-MNIST is not installed ({INSTALLED} or $FASHIONTUNE_FMNIST_DIR): run "
+               "`sudo apt-get install dataset-fashion-mnist` (or `make test` as root)")
+        if os.environ.get("CI") == "true" and os.geteuid() == 0:
+            pytest.fail(why + "; under CI as root `make test` installs it, so this is a CI setup bug")
+        pytest.skip(why)
+    return d

@@ -54,7 +54,7 @@ def test_official_split_kept_and_pixels_carried(tmp_path, gz):
     with tarfile.open(tmp_path / "out" / s["split"] / s["shard"]) as tf:
         s.update({ext: tf.extractfile(f"t10k-00003.{ext}").read() for ext in ("jpg", "txt")})
     assert s["json"]["labels"] == {"group": "dress", "label": "Dress", "worn": ["lower-body", "upper-body"]}
-    assert s["txt"] == b"a photo of a dress"
+    assert s["txt"] == b"a photo of a Dress."
     images = np.frombuffer(gzip.decompress((inp / "t10k-images-idx3-ubyte.gz").read_bytes()) if gz else
                            (inp / "t10k-images-idx3-ubyte").read_bytes(), np.uint8, offset=16).reshape(12, 28, 28)
     got = np.asarray(Image.open(io.BytesIO(s["jpg"])).convert("L"), dtype=np.float64)

@@ -22,9 +22,18 @@ def ir_table(blocks: dict[str, dict]) -> list[str]:
     return out
 
 
+def model_label(config: dict) -> str:
+    """Which model a results.json scored, in words: the trained export, or the named model and its weights."""
+    m = config.get("model") or {}
+    if m.get("checkpoint"):
+        return f"the model at {m['checkpoint']}"
+    name = m.get("timm_name") if m.get("backbone") == "timm" else m.get("name")
+    return f"{name or 'the model'} ({'weights ' + m['pretrained'] if m.get('pretrained') else 'random init, untrained'})"
+
+
 def format_table(results: dict) -> str:
-    lines = [f"evaluation of split {results.get('split')!r}: {results.get('items')} items"
-             f"{' (cached embeddings)' if results.get('embeddings_cached') else ''}"]
+    lines = [f"evaluation of {model_label(results.get('config') or {})} on split {results.get('split')!r}: "
+             f"{results.get('items')} items{' (cached embeddings)' if results.get('embeddings_cached') else ''}"]
     ret = results.get("retrieval") or {}
     if ret:
         ks = [k for k in next(iter(ret.values())) if k.startswith("R@")]

@@ -11,6 +11,7 @@ and the multi-label `worn` (body regions a class covers: a dress is both upper a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -24,14 +25,21 @@ GROUP = {"T-shirt/top": "top", "Trouser": "bottom", "Pullover": "top", "Dress": 
          "Sandal": "footwear", "Shirt": "top", "Sneaker": "footwear", "Bag": "bag", "Ankle boot": "footwear"}
 WORN = {"top": ["upper-body"], "bottom": ["lower-body"], "dress": ["lower-body", "upper-body"], "footwear": ["feet"],
         "bag": ["carried"]}
+INSTALLED = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 # (file prefix, fixed split: "" = drawn by the group hash)
 PARTS = (("train", ""), ("t10k", "test"))
 
 
+def installed_dir() -> Path | None:
+    """The installed Fashion-MNIST: $FASHIONTUNE_FMNIST_DIR, else Debian's folder; None if neither has the files."""
+    d = Path(os.environ.get("FASHIONTUNE_FMNIST_DIR") or INSTALLED)
+    return d if (d / "t10k-labels-idx1-ubyte.gz").is_file() or (d / "t10k-labels-idx1-ubyte").is_file() else None
+
+
 def caption(label: str) -> str:
-    """'T-shirt/top' -> 'a photo of a t-shirt or top'."""
-    name = label.lower().replace("/", " or ")
-    return f"a photo of {'an' if name[0] in 'aeiou' else 'a'} {name}"
+    """'T-shirt/top' -> 'a photo of a T-shirt/top.': the label in CLIP's first prompt template (the eval's
+    default too), so zero-shot after caption training asks the question the captions taught."""
+    return f"a photo of a {label}."
 
 
 class FashionMnistSource(Source):
@@ -73,3 +81,18 @@ class FashionMnistSource(Source):
                 yield Record(id=rid, group_id=rid, image_path=images, text=caption(label), split=split,
                              image_index=i, labels={"label": label, "group": GROUP[label], "worn": WORN[GROUP[label]]},
                              meta={"file": images.name, "index": i})
+
+
+def write_subset(src: Path, dst: Path, n_train: int, n_test: int | None = None) -> Path:
+    """The first `n_train` train and `n_test` (None = all) t10k images of the download at `src`, as a smaller
+    download at `dst` (same four files): the CPU-sized corpora of the demo and the real-data tests."""
+    from .idx import write_idx
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    source = FashionMnistSource()
+    for (prefix, _), n in zip(PARTS, (n_train, n_test)):
+        for kind, magic in (("images-idx3-ubyte", IMAGES), ("labels-idx1-ubyte", LABELS)):
+            array = read_idx(source.find(src, f"{prefix}-{kind}"), magic)
+            write_idx(dst / f"{prefix}-{kind}.gz", array[:n])
+    return dst
