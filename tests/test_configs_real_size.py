@@ -31,6 +31,19 @@ CORPUS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state, fixed by the first Accelerator (bf16 here, fp32 for the next
+    config or the next test module): reset it around each run, as each run builds its own."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
 def test_every_shipped_config_is_listed():
     shipped = {p.stem for p in (ROOT / "configs").glob("*.yaml") if not p.stem.startswith("tiny-")}
     assert shipped == set(CORPUS), "a new experiment config needs its corpus layout here"
