@@ -118,3 +118,20 @@ def test_fixed_split_must_be_among_the_splits(tmp_path):
     # test=0 is fine: its fraction is ignored, the dataset decides
     assert build(inp, tmp_path / "out", "--splits", "train=0.9,val=0.1,test=0") == 0
     assert load_manifest(tmp_path / "out")["splits"]["test"]["count"] == 12
+
+
+def test_csv_split_column_fixes_the_split_too(tmp_path):
+    """The same contract in the csv source: a `split` column names the split a dataset defines for a row."""
+
+    rows = ["image,caption,split,category"]
+    for i in range(30):
+        Image.new("RGB", (16, 16), (i * 8, 0, 0)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,item {i},{'test' if i < 6 else ''},c{i % 3}")
+    (tmp_path / "items.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert main(["shards", "build", "--source", "csv", "--input", str(tmp_path), "--out", str(out), "--workers", "1",
+                 "--shard-size", "8", "--quiet"]) == 0
+    m = load_manifest(out)
+    assert m["splits"]["test"]["count"] == 6 and m["params"]["fixed_splits"] == ["test"]
+    assert "split" not in m["labels"]  # a reserved column, not a label field
+    assert {k for k, s in read_samples(out).items() if s["json"]["split"] == "test"} == {f"{i}_png" for i in range(6)}

@@ -6,6 +6,8 @@
   caption    optional text of the item (`text` is accepted as well)
   id         optional stable item id (default: derived from the image path)
   group_id   optional product id, so that views of one product share a split (default: the id)
+  split      optional split the dataset itself fixes for the row (e.g. `test` for an official test set);
+             empty = drawn by the group hash. A split any row names holds exactly the rows that name it.
   <other>    every other column is a label field; a column in which any cell holds '|' is multi-label
              ("red|blue" -> ["blue", "red"]); an empty cell means the item has no value for that field.
 A malformed row (wrong cell count, a quote left open, bytes not in --encoding) yields a Skip naming its first
@@ -24,7 +26,7 @@ from .base import Source, SourceError, path_id, safe_id, skip
 from .textfile import CsvTable, Row, well_formed
 
 DEFAULT_NAME = "items.csv"
-RESERVED = ("image", "caption", "text", "id", "group_id")
+RESERVED = ("image", "caption", "text", "id", "group_id", "split")
 
 
 class CsvSource(Source):
@@ -99,5 +101,6 @@ class CsvSource(Source):
                 else:
                     labels[h] = cell
             text = " ".join(row[text_col].split()) if text_col is not None else ""
+            split = row[col["split"]].strip() if "split" in col else ""
             yield Record(id=rid, group_id=safe_id(group) if group else rid, image_path=image_path, text=text,
-                         labels=labels, meta={"line": line})
+                         labels=labels, meta={"line": line}, split=split)
