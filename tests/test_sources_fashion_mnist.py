@@ -15,9 +15,8 @@ from fashiontune.cli import main
 from fashiontune.shards.errors import BuildError
 from fashiontune.shards.manifest import load_manifest
 from fashiontune.shards.testing import read_samples
-from fashiontune.sources import get_source
+from fashiontune.sources import SourceError, get_source
 from fashiontune.sources.fashion_mnist import CLASSES
-from fashiontune.sources import SourceError
 from fashiontune.sources.idx import write_idx
 
 

@@ -32,8 +32,9 @@ def model_label(config: dict) -> str:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"evaluation of {model_label(results.get('config') or {})} on split {results.get('split')!r}: "
-             f"{results.get('items')} items{' (cached embeddings)' if results.get('embeddings_cached') else ''}"]
+    cached = " (cached embeddings)" if results.get("embeddings_cached") else ""
+    model = model_label(results.get("config") or {})
+    lines = [f"evaluation of {model} on split {results.get('split')!r}: {results.get('items')} items{cached}"]
     ret = results.get("retrieval") or {}
     if ret:
         ks = [k for k in next(iter(ret.values())) if k.startswith("R@")]

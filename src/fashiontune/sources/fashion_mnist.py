@@ -12,8 +12,9 @@ and the multi-label `worn` (body regions a class covers: a dress is both upper a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import ClassVar
 from pathlib import Path
-from typing import Iterator
 
 from fashiontune.records import Record, Skip
 
@@ -44,7 +45,7 @@ def caption(label: str) -> str:
 
 class FashionMnistSource(Source):
     name = "fashion-mnist"
-    required = {f"{p}-{k}": f"IDX {k.split('-')[0]} file (gzipped or not)" for p, _ in PARTS
+    required: ClassVar[dict[str, str]] = {f"{p}-{k}": f"IDX {k.split('-')[0]} file (gzipped or not)" for p, _ in PARTS
                 for k in ("images-idx3-ubyte", "labels-idx1-ubyte")}
 
     def find(self, root: Path, stem: str) -> Path:
