@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 from fashiontune.records import Record, Skip
 
