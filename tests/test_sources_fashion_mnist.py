@@ -39,6 +39,7 @@ def build(inp: Path, out: Path, *extra: str) -> int:
 def test_official_split_kept_and_pixels_carried(tmp_path, gz):
     inp = corpus(tmp_path / "fm", gz=gz)
     assert build(inp, tmp_path / "out") == 0
+    assert main(["shards", "verify", str(tmp_path / "out")]) == 0  # every image decodes, counts and hashes match
     m = load_manifest(tmp_path / "out")
     assert m["params"]["fixed_splits"] == ["test"]
     assert m["splits"]["test"]["count"] == 12
