@@ -1,5 +1,5 @@
 """Learning on real product photos: tiny models from random init on the first 4,000 Fashion-MNIST train images
-(3,6xx train / 4xx val by the group hash), scored by `fashiontune eval` (run_eval) on the FULL official test
+(3,598 train / 402 val by the group hash), scored by `fashiontune eval` (run_eval) on the FULL official test
 split (the 10,000 t10k images). Chance is 0.1 on the 10 classes.
 
 Measured when written (2 shared CPU cores), stated floors well below, and over chance / the untrained model:
