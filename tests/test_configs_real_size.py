@@ -5,7 +5,7 @@ the model's image size; 2 optimiser steps, one validation batch and the export (
 CPU, kept), then `fashiontune eval` loads the export. Only the sizes that do not change the model are
 overridden: batch 4, workers 0, 2 steps.
 
-Cost (2 CPU cores): ~20-40 s per config, ~200 s in all (slow); one checkpoint per architecture (~600 MB each
+Cost (2 shared CPU cores): 4-28 s per config, 133 s for the module (slow); one checkpoint per architecture (~600 MB each
 for the ViTs, in the test's tmp dir)."""
 
 from __future__ import annotations
