@@ -19,8 +19,10 @@ demo: setup
 	$(PY) -m fashiontune demo --out demo
 
 # Starts the one-node dev SLURM cluster where it can (root + apt); the `slurm` tests skip with the reason otherwise.
+# Debian's chromium drives the serve page's browser test (playwright cannot download its own browser here).
 test: setup
 	-bash slurm/dev-cluster/start.sh
+	-test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get install -y -q chromium; }
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
