@@ -26,3 +26,10 @@ def test_demo_runs_the_whole_chain(tmp_path):
         assert (out / "runs" / run / "export" / "open_clip_pytorch_model.bin").is_file()
         assert list((out / "runs" / run / "plots").glob("*.png"))
         assert (out / "runs" / run / "eval-untrained" / "results.json").is_file()  # the baseline column
+    # the demo ends with a search index of each catalogue and the command that serves it
+    for fmt in ("kagl", "deepfashion-mm", "deepfashion-mm-untrained"):
+        info = json.loads((out / "index" / fmt / "index.json").read_text())
+        manifest = json.loads((out / "shards" / fmt.removesuffix("-untrained") / "manifest.json").read_text())
+        assert info["items"] == sum(s["count"] for s in manifest["splits"].values())  # every split: the catalogue
+    assert f"fashiontune serve {out / 'index' / 'kagl'}" in proc.stdout
+    assert f"fashiontune serve {out / 'index' / 'deepfashion-mm'} {out / 'index' / 'deepfashion-mm-untrained'}" in proc.stdout

@@ -2,7 +2,9 @@
 
 synthetic Kaggle + DeepFashion-MultiModal corpora (with their real quirks) -> shards -> verify ->
 train a tiny CLIP (softmax classification on Kaggle sub-categories; caption contrastive on DeepFashion)
--> full-corpus evaluation of both -> one results table (also written to <out>/results.md).
+-> full-corpus evaluation of both -> one results table (also written to <out>/results.md) -> a search index of
+each catalogue (and of the untrained DeepFashion model, for the app's compare view) -> the `fashiontune serve`
+command that opens them in the browser.
 
 Every stage is the same library call the CLI and the SLURM jobs make; only the configs are tiny.
 """
@@ -82,6 +84,17 @@ def _eval(out: Path, shards: Path, fields: list[str], model: list[str]) -> dict:
     return run_eval(cfg)
 
 
+def _index(out: Path, shards: Path, model: list[str], results: Path | None = None) -> dict:
+    """The whole catalogue (every split) indexed for `fashiontune serve`."""
+    from fashiontune.config import load_config
+    from fashiontune.index.build import build_index
+    from fashiontune.index.config import IndexConfig
+
+    extra = [f"results={results}"] if results is not None else []
+    return build_index(load_config(IndexConfig, None, [f"out={out}", f"data.shards={shards}", "data.split=all",
+                                                       "data.num_workers=0", *model, *extra]))
+
+
 def _baseline_rows(fmt: str, trained: dict, before: dict, after: dict, manifest: dict) -> list[str]:
     """Fine-tuned against a baseline on the same full test split: the majority class for the softmax head
     (an untrained head has no meaning), the same architecture at random init for retrieval."""
@@ -119,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     root = Path(args.out)
     t0 = time.perf_counter()
-    sections, rows = [], []
+    sections, rows, indexes = [], [], []
     for fmt, config, extra, fields in STUDIES:
         t = _stage(f"{fmt}: synthetic corpus -> shards")
         shards = _shards(fmt, root, args.n, args.seed)
@@ -136,11 +149,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"({time.perf_counter() - t:.0f} s)")
         rows += _baseline_rows(fmt, trained, before, after, load_manifest(shards))
         sections.append(_section(fmt, config, trained, format_table(after)))
+        t = _stage(f"{fmt}: index the whole catalogue for `fashiontune serve`")
+        indexes.append(root / "index" / fmt)
+        _index(indexes[-1], shards, [f"model.checkpoint={run_dir / 'export'}"], run_dir / "eval-test" / "results.json")
+        print(f"({time.perf_counter() - t:.0f} s)")
+    # the last study (caption retrieval) once more at random init: the app's compare view, before vs after
+    untrained = root / "index" / f"{fmt}-untrained"
+    _index(untrained, shards, [f"model.name={name}", "model.pretrained=''", "model.checkpoint=''"])
     summary = "\n".join(["| corpus | metric (full test split) | baseline | fine-tuned |", "|---|---|---|---|", *rows])
     text = summary + "\n\n" + "\n\n".join(sections)
     (root / "results.md").write_text(text + "\n")
     (root / "demo.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}) + "\n")
     print("\n" + summary)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; everything is under {root}/ "
-          "(results.md, runs/*/plots, runs/*/eval-*/)")
+          "(results.md, runs/*/plots, runs/*/eval-*/, index/)")
+    print("\nsearch and classify in the browser (then open http://127.0.0.1:8000/):")
+    for ix in indexes:
+        print(f"  fashiontune serve {ix}")
+    print(f"  fashiontune serve {indexes[-1]} {untrained}    # fine-tuned vs untrained, side by side")
     return 0
