@@ -48,29 +48,38 @@ def build_index(cfg: IndexConfig) -> dict:
     model_fp = fingerprint(cfg.model)
     if state.is_main_process:
         save_config(cfg, out)
+        (out / "index.json").unlink(missing_ok=True)  # a rebuild is incomplete until its own index.json lands
     corpus, cached = R.embed_or_load(ev, manifest, fields, model_fp, state, out / "embeddings")
     state.wait_for_everyone()
     if not state.is_main_process:
         return {}
     t_embed = time.perf_counter() - t0
-    _write_items(out, corpus, image_locations(shards, shards_dir, corpus.keys))
-    vectors = F.normalise(corpus.image)
-    index = F.build(cfg.kind, vectors, cfg.approx)
-    info = {"format": FORMAT, "version": VERSION, "items": len(corpus), "dim": int(vectors.shape[1]),
-            "kind": cfg.kind, "approx": to_dict(cfg.approx) if cfg.kind != "flat" else None,
-            "has_text": corpus.text is not None, "shards": str(shards_dir.resolve()), "split": cfg.data.split,
-            "fields": {f: {"vocab": s["vocab"], "multi": bool(s.get("multi"))} for f, s in fields.items()},
-            "model": cfg.model.checkpoint or cfg.model.name, "results": None, "embeddings_cached": cached}
-    if cfg.kind != "flat":
-        info["recall@10"] = F.recall_at_k(index, vectors, _recall_queries(corpus, vectors, cfg))
-    import faiss
-
-    faiss.write_index(index, str(out / "faiss.index"))
+    info = write_index(out, cfg, corpus, image_locations(shards, shards_dir, corpus.keys), fields)
+    info["embeddings_cached"] = cached
     if cfg.results:
         shutil.copyfile(cfg.results, out / "results.json")
         info["results"] = "results.json"
     info["seconds"] = {"embed_or_load": round(t_embed, 3), "total": round(time.perf_counter() - t0, 3)}
     (out / "index.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def write_index(out: Path, cfg: IndexConfig, corpus: E.Corpus, locations: list[dict], fields: dict) -> dict:
+    """items.jsonl + faiss.index for an embedded corpus; returns index.json's content (the caller writes it
+    last). Also bench/serve.py's way to make a big index from synthetic embeddings."""
+    _write_items(out, corpus, locations)
+    vectors = F.normalise(corpus.image)
+    index = F.build(cfg.kind, vectors, cfg.approx)
+    info = {"format": FORMAT, "version": VERSION, "items": len(corpus), "dim": int(vectors.shape[1]),
+            "kind": cfg.kind, "approx": to_dict(cfg.approx) if cfg.kind != "flat" else None,
+            "has_text": corpus.text is not None, "shards": str(Path(cfg.data.shards).resolve()), "split": cfg.data.split,
+            "fields": {f: {"vocab": s["vocab"], "multi": bool(s.get("multi"))} for f, s in fields.items()},
+            "model": cfg.model.checkpoint or cfg.model.name, "results": None}
+    if cfg.kind != "flat":
+        info["recall@10"] = F.recall_at_k(index, vectors, _recall_queries(corpus, vectors, cfg))
+    import faiss
+
+    faiss.write_index(index, str(out / "faiss.index"))
     return info
 
 
