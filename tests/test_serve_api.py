@@ -17,15 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
-
 from test_eval_job import cfg_for, write_shards
 
-fastapi = pytest.importorskip("fastapi", reason="the serve extra is a main dependency: pip install -e .")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from fashiontune.config import load_config  # noqa: E402
-from fashiontune.index.config import IndexConfig  # noqa: E402
+from fashiontune.config import load_config
+from fashiontune.index.config import IndexConfig
 
 
 def build_index(shards: Path, out: Path, *extra: str) -> dict:

@@ -20,7 +20,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-
 from test_serve_api import build_index, served  # noqa: F401 (fixture)
 
 CHROMIUM = os.environ.get("FASHIONTUNE_CHROMIUM", "/usr/bin/chromium")
