@@ -1,11 +1,12 @@
 """The serve page in a real headless browser: Debian's chromium (/usr/bin/chromium, apt) driven by the
 `playwright` Python package (its own browser download cannot run here, so executable_path points at Debian's).
 
-Two indexes (the color-head export of test_serve_api and the same architecture at random init) served by
+Two indexes of a synthetic DeepFashion-MultiModal catalogue (a tiny ViT with an exported category head, and
+another random init) served by
 uvicorn on a free 127.0.0.1 port: type a query and see result images, upload a catalogue image and watch the
 probability table follow the threshold slider, open the compare view; no request may leave 127.0.0.1.
 Screenshots land in the test's tmp dir, and in $FASHIONTUNE_SCREENSHOTS when set (docs/img for the README).
-Cost on one core: ~20 s (the shared index fixture ~15 s, chromium start ~2 s, the page ~3 s).
+Cost on one core: ~25 s (corpus, shards, eval and two indexes ~15 s, chromium start ~2 s, the page ~5 s).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from test_serve_api import build_index, served  # noqa: F401 (fixture)
+import torch
+from test_serve_api import build_index
 
 CHROMIUM = os.environ.get("FASHIONTUNE_CHROMIUM", "/usr/bin/chromium")
 # a fresh profile that calls nowhere by itself (updates, sync, field trials): only the page's own requests
@@ -43,18 +45,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+FIELDS = "[category,sleeve_length,pattern_upper]"
+
+
 @pytest.fixture(scope="module")
-def server(served, tmp_path_factory):  # noqa: F811
-    """uvicorn in a thread over two indexes; yields the base URL once /healthz answers (stays true)."""
+def catalogue(tmp_path_factory) -> tuple[Path, Path]:
+    """A synthetic DeepFashion-MultiModal catalogue (48 drawn garments, every split indexed) served twice: a
+    tiny ViT with an exported `category` head and its eval results, and another random init (compare view)."""
+    from fashiontune.config import load_config
+    from fashiontune.eval.config import EvalConfig
+    from fashiontune.eval.run import run_eval
+    from fashiontune.models import ModelConfig, load_clip
+    from fashiontune.shards.build import build_shards
+    from fashiontune.shards.config import ShardBuildConfig
+    from fashiontune.synth import generate
+    from fashiontune.tasks import build_task
+    from fashiontune.tasks.config import TaskConfig
+
+    root = tmp_path_factory.mktemp("browser")
+    corpus = generate("deepfashion-mm", root / "corpus", 48, seed=0)
+    shards = root / "shards"
+    manifest = build_shards(ShardBuildConfig(source="deepfashion-mm", input=str(corpus), out=str(shards),
+                                             image_size=96, splits="train=0.5,test=0.5", workers=1, progress=False))
+    torch.manual_seed(1)
+    loaded = load_clip(ModelConfig(name="ft-tiny-vit", image_size=32))
+    build_task(TaskConfig(name="classify", field="category"), loaded, manifest).export(root / "export")
+    common = [f"model.checkpoint={root / 'export'}", f"data.label_fields={FIELDS}", "data.num_workers=0"]
+    run_eval(load_config(EvalConfig, None, [*common, f"data.shards={shards}", f"out_dir={root / 'eval'}",
+                                            "plots.grid_queries=0"]))
+    build_index(shards, root / "fine-tuned", *common, "data.split=all", f"results={root / 'eval/results.json'}")
+    build_index(shards, root / "random-init", "model.name=ft-tiny-vit", "model.image_size=32", "seed=3",
+                f"data.label_fields={FIELDS}", "data.split=all")
+    return root / "fine-tuned", root / "random-init"
+
+
+@pytest.fixture(scope="module")
+def server(catalogue):
+    """uvicorn in a thread over the two indexes; yields the base URL once /healthz answers (stays true)."""
     import uvicorn
 
     from fashiontune.serve.cli import build_app
 
-    shards = served[0]
-    untrained = tmp_path_factory.mktemp("untrained") / "random-init"
-    build_index(shards, untrained, "model.name=ft-tiny-vit", "model.image_size=32", "seed=3")
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(build_app([str(served[3]), str(untrained)]), host="127.0.0.1", port=port,
+    srv = uvicorn.Server(uvicorn.Config(build_app([str(p) for p in catalogue]), host="127.0.0.1", port=port,
                                         log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -90,7 +123,7 @@ def _images_loaded(page, selector: str, n: int) -> None:
         arg=[selector, n], timeout=TIMEOUT_MS)
 
 
-def test_search_classify_and_compare_in_chromium(server, served, tmp_path):  # noqa: F811
+def test_search_classify_and_compare_in_chromium(server, tmp_path):
     _chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
@@ -107,11 +140,11 @@ def test_search_classify_and_compare_in_chromium(server, served, tmp_path):  # n
             page.goto(server + "/")
             page.wait_for_selector("body[data-ready='1']")
             # search: type a query, see result images
-            page.fill("#q", "red dress")
+            page.fill("#q", "a woman in a long-sleeve striped shirt")
             page.fill("#k", "8")
             page.click("#search-form button")
             _images_loaded(page, "#results img", 8)
-            assert "red dress" in page.inner_text("#search-title")
+            assert "striped shirt" in page.inner_text("#search-title")
             _shot(page, tmp_path, "search")
             # classify: upload, then the slider changes which rows are above the threshold
             page.click("nav button[data-tab=classify]")
@@ -133,7 +166,7 @@ def test_search_classify_and_compare_in_chromium(server, served, tmp_path):  # n
             assert page.locator("table.metrics tr").count() > 1  # the color head's per-class rows
             # compare: the same query against both models, side by side
             page.click("#compare-tab")
-            page.fill("#cq", "blue shirt")
+            page.fill("#cq", "denim trousers")
             page.click("#compare-form button")
             _images_loaded(page, "#c0 img", 12)
             _images_loaded(page, "#c1 img", 12)
