@@ -111,8 +111,11 @@ def _shot(page, tmp_path: Path, name: str) -> None:
     page.screenshot(path=str(tmp_path / f"serve-{name}.png"), full_page=True)
     out = os.environ.get("FASHIONTUNE_SCREENSHOTS")
     if out:
+        from PIL import Image
+
         Path(out).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tmp_path / f"serve-{name}.png", Path(out) / f"serve-{name}.png")
+        with Image.open(tmp_path / f"serve-{name}.png") as im:  # 256 colours: a third of the bytes in the repo
+            im.convert("RGB").quantize(256).save(Path(out) / f"serve-{name}.png", optimize=True)
 
 
 def _images_loaded(page, selector: str, n: int) -> None:
