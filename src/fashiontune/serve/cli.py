@@ -13,16 +13,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload")
     parser.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted upload, in pixels")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch / faiss threads per request (requests run concurrently; 1 suits a few cores)")
 
 
-def build_app(indexes: list[str], max_upload_mb: float = 10.0, max_pixels: int = 40_000_000):
+def build_app(indexes: list[str], max_upload_mb: float = 10.0, max_pixels: int = 40_000_000, threads: int = 1):
     from fashiontune.errors import UserError
     from fashiontune.serve.app import create_app
-    from fashiontune.serve.catalogue import Catalogue
+    from fashiontune.serve.catalogue import Catalogue, set_threads
     from fashiontune.serve.uploads import UploadLimits
 
     if len(indexes) > 2:
         raise UserError(f"serve takes one or two indexes (two = compare view), not {len(indexes)}")
+    if threads < 1:
+        raise UserError(f"--threads {threads}: use 1 or more")
+    set_threads(threads)
     cats = [Catalogue(p, slot=i) for i, p in enumerate(indexes)]
     for c in cats:
         c.model()  # load now: the first request should not pay for it, and /healthz means ready
@@ -32,7 +37,7 @@ def build_app(indexes: list[str], max_upload_mb: float = 10.0, max_pixels: int =
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    app = build_app(args.indexes, args.max_upload_mb, args.max_pixels)
+    app = build_app(args.indexes, args.max_upload_mb, args.max_pixels, args.threads)
     print(f"fashiontune serve: http://{args.host}:{args.port}/  (Ctrl-C to stop)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
