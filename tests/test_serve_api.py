@@ -229,3 +229,14 @@ def test_approximate_index_reports_its_recall_and_bad_inputs_name_the_fix(served
 
     with pytest.raises(UserError, match="no index.json.*fashiontune index build"):
         Catalogue(tmp_path / "x")
+
+
+def test_cli_errors_are_one_line_naming_the_fix(served, tmp_path, capsys):
+    from fashiontune.cli import main
+
+    assert main(["serve", str(tmp_path / "nope")]) == 2
+    assert "no index.json" in capsys.readouterr().err
+    assert main(["serve", *[str(served[3])] * 3]) == 2
+    assert "one or two indexes" in capsys.readouterr().err
+    assert main(["index", "build", "--shards", str(served[0])]) == 2
+    assert "out='' is invalid: set the index directory" in capsys.readouterr().err
