@@ -31,6 +31,7 @@ def test_index_job_on_slurm_equals_a_local_build(dev_cluster, tmp_path):
     results = S.wait(sub, timeout_s=300)
     remote = json.loads((tmp_path / "slurm/index.json").read_text())
     assert S.main_result(results)["items"] == remote["items"] == local["items"] == 13
+    assert remote["world_size"] == 2 and local["world_size"] == 1  # each rank embedded its part
     assert remote["recall@10"] == local["recall@10"]
     assert (tmp_path / "slurm/items.jsonl").read_text() == (tmp_path / "local/items.jsonl").read_text()
     a, b = (np.load(tmp_path / d / "embeddings/image.npy") for d in ("slurm", "local"))

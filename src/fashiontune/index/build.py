@@ -55,7 +55,7 @@ def build_index(cfg: IndexConfig) -> dict:
         return {}
     t_embed = time.perf_counter() - t0
     info = write_index(out, cfg, corpus, image_locations(shards, shards_dir, corpus.keys), fields)
-    info["embeddings_cached"] = cached
+    info.update(embeddings_cached=cached, world_size=state.num_processes)
     if cfg.results:
         shutil.copyfile(cfg.results, out / "results.json")
         info["results"] = "results.json"
