@@ -34,6 +34,7 @@ bench: setup
 	$(PY) bench/shards.py
 	$(PY) bench/train.py
 	$(PY) bench/eval.py
+	$(PY) bench/serve.py
 
 slurm-up:
 	bash slurm/dev-cluster/start.sh
