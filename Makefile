@@ -20,9 +20,11 @@ demo: setup
 
 # Starts the one-node dev SLURM cluster and installs the real Fashion-MNIST where it can (root + apt); the `slurm`
 # and real-data tests skip with the reason otherwise (under CI=true as root they fail instead).
+# Debian's chromium drives the serve page's browser test (playwright cannot download its own browser here).
 test: setup
 	-bash slurm/dev-cluster/start.sh
 	-$(MAKE) --no-print-directory fmnist
+	-test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get install -y -q chromium; }
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
@@ -34,6 +36,7 @@ bench: setup
 	$(PY) bench/shards.py
 	$(PY) bench/train.py
 	$(PY) bench/eval.py
+	$(PY) bench/serve.py
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then $(PY) bench/fmnist.py; else echo "bench/fmnist.py skipped: make fmnist (root) installs the dataset"; fi
 
 # Debian's dataset-fashion-mnist (~30 MB): /usr/share/datasets/fashion-mnist/{train,t10k}-*-ubyte.gz

@@ -36,3 +36,10 @@ def test_demo_runs_the_whole_chain(tmp_path):
         assert "## Real data: Fashion-MNIST" in text and "| fashion-mnist | label accuracy (softmax head) |" in text
         results = json.loads((out / "runs" / "fmnist-softmax" / "eval-test" / "results.json").read_text())
         assert results["items"] == 10_000
+    # the demo ends with a search index of each catalogue and the command that serves it
+    for fmt in ("kagl", "deepfashion-mm", "deepfashion-mm-untrained"):
+        info = json.loads((out / "index" / fmt / "index.json").read_text())
+        manifest = json.loads((out / "shards" / fmt.removesuffix("-untrained") / "manifest.json").read_text())
+        assert info["items"] == sum(s["count"] for s in manifest["splits"].values())  # every split: the catalogue
+    assert f"fashiontune serve {out / 'index' / 'kagl'}" in proc.stdout
+    assert f"fashiontune serve {out / 'index' / 'deepfashion-mm'} {out / 'index' / 'deepfashion-mm-untrained'}" in proc.stdout

@@ -72,7 +72,7 @@ def test_cache_fingerprint_holds_the_resolved_precision(shards, tmp_path):  # no
     cfg = cfg_for(shards, tmp_path / "c", "data.split=val", "plots.grid_queries=0")
     assert R.run_eval(cfg)["embeddings_cached"] is False  # CPU, auto -> fp32
     manifest = load_manifest(shards)
-    fields = R._fields(cfg, manifest)
+    fields = R.label_fields(cfg, manifest)
 
     def fp(c, device_type: str) -> dict:
         return R.cache_fingerprint(c, manifest, fields, fingerprint(c.model), device_type)

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("fashiontune.shards.cli", "build / verify / merge WebDataset shards of a corpus"),
     "train": ("fashiontune.train.cli", "train on shards (any task) with Accelerate / DeepSpeed"),
     "eval": ("fashiontune.eval.cli", "full-corpus retrieval and classification evaluation"),
+    "index": ("fashiontune.index.cli", "embed a catalogue into a searchable index (faiss)"),
+    "serve": ("fashiontune.serve.cli", "search and classify an index in the browser and over a JSON API"),
     "submit": ("fashiontune.launch.cli", "run a job on SLURM (or submitit's local executor)"),
     "demo": ("fashiontune.demo", "synthetic corpus -> shards -> train -> eval -> report, on CPU"),
 }

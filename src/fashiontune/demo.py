@@ -2,7 +2,9 @@
 
 synthetic Kaggle + DeepFashion-MultiModal corpora (with their real quirks) -> shards -> verify ->
 train a tiny CLIP (softmax classification on Kaggle sub-categories; caption contrastive on DeepFashion)
--> full-corpus evaluation of both -> one results table (also written to <out>/results.md).
+-> full-corpus evaluation of both -> one results table (also written to <out>/results.md) -> a search index of
+each catalogue (and of the untrained DeepFashion model, for the app's compare view) -> the `fashiontune serve`
+command that opens them in the browser.
 Where the real Fashion-MNIST is installed (Debian's dataset-fashion-mnist), a third study trains on real product
 photos (the first --fmnist-train images) and is scored on the full official test split: the "Real data" section.
 
@@ -25,6 +27,8 @@ STUDIES = (
     ("deepfashion-mm", "configs/tiny-deepfashion-contrastive.yaml", ["model.name=ft-tiny-rn", "loop.epochs=20"],
      ["category", "sleeve_length", "pattern_upper"]),
 )
+COMPARE_STUDY = "deepfashion-mm"  # the caption-retrieval study: served fine-tuned vs untrained side by side
+
 # Real images, when installed: softmax head on the 10 classes (tests/test_real_fmnist.py measures the same setup).
 FMNIST_STUDY = ("fashion-mnist", "configs/tiny-kagl-softmax.yaml",
                 ["name=fmnist-softmax", "model.name=ft-tiny-vit", "model.image_size=32", "task.field=label",
@@ -107,6 +111,17 @@ def _eval(out: Path, shards: Path, fields: list[str], model: list[str]) -> dict:
     return run_eval(cfg)
 
 
+def _index(out: Path, shards: Path, model: list[str], results: Path | None = None) -> dict:
+    """The whole catalogue (every split) indexed for `fashiontune serve`."""
+    from fashiontune.config import load_config
+    from fashiontune.index.build import build_index
+    from fashiontune.index.config import IndexConfig
+
+    extra = [f"results={results}"] if results is not None else []
+    return build_index(load_config(IndexConfig, None, [f"out={out}", f"data.shards={shards}", "data.split=all",
+                                                       "data.num_workers=0", *model, *extra]))
+
+
 def _baseline_rows(fmt: str, trained: dict, before: dict, after: dict, manifest: dict) -> list[str]:
     """Fine-tuned against a baseline on the same full test split: the majority class for the softmax head
     (an untrained head has no meaning), the same architecture at random init for retrieval."""
@@ -185,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
 
     root = Path(args.out)
     t0 = time.perf_counter()
-    sections, rows, real = [], [], []
+    sections, rows, real, indexes = [], [], [], []
     for fmt, config, extra, fields in _studies(args):
         trained, before, after, shards = _study(fmt, config, extra, fields, root, args)
         manifest = load_manifest(shards)
@@ -193,11 +208,24 @@ def run(args: argparse.Namespace) -> int:
         sections.append(_section(fmt, config, trained, format_table(after)))
         if fmt == "fashion-mnist":
             real.append(_real_data(trained, after, manifest))
+        t = _stage(f"{fmt}: index the whole catalogue for `fashiontune serve`")
+        run_dir = Path(trained["run_dir"])
+        indexes.append(root / "index" / fmt)
+        _index(indexes[-1], shards, [f"model.checkpoint={run_dir / 'export'}"], run_dir / "eval-test" / "results.json")
+        if fmt == COMPARE_STUDY:  # caption retrieval once more at random init: the compare view, before vs after
+            model = [o for o in extra if o.startswith("model.")]
+            compare = (indexes[-1], root / "index" / f"{fmt}-untrained")
+            _index(compare[1], shards, [*model, "model.pretrained=''", "model.checkpoint=''"])
+        print(f"({time.perf_counter() - t:.0f} s)")
     summary = "\n".join(["| corpus | metric (full test split) | baseline | fine-tuned |", "|---|---|---|---|", *rows])
     text = "\n\n".join([summary, *real, *sections])
     (root / "results.md").write_text(text + "\n")
     (root / "demo.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}) + "\n")
     print("\n" + "\n\n".join([summary, *real]))
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; everything is under {root}/ "
-          "(results.md, runs/*/plots, runs/*/eval-*/)")
+          "(results.md, runs/*/plots, runs/*/eval-*/, index/)")
+    print("\nsearch and classify in the browser (then open http://127.0.0.1:8000/):")
+    for ix in indexes:
+        print(f"  fashiontune serve {ix}")
+    print(f"  fashiontune serve {compare[0]} {compare[1]}    # fine-tuned vs untrained, side by side")
     return 0

@@ -262,3 +262,15 @@ def load_cache(cache_dir: Path, fingerprint: dict) -> tuple[Corpus | None, str]:
         image=np.load(cache_dir / "image.npy"), text=np.load(text) if text.is_file() else None,
         prompts={f: np.load(cache_dir / f"prompts.{f}.npy") for f in items["prompt_fields"]},
     ), ""
+
+
+@torch.no_grad()
+def embed_images(loaded, images: Sequence, device, precision: str) -> np.ndarray:
+    """N x d raw image features of PIL RGB images through embed_range's own transform and normalisation, so an
+    uploaded copy of a catalogue image gets the features the index holds for it (serve's search and classify)."""
+    loaded.model.to(device).eval()
+    transform, norm, _ = split_transform(loaded.preprocess_val)
+    batch = torch.stack([transform(im) for im in images])
+    x = norm.apply(batch, device) if norm is not None else batch.to(device)
+    with Precision(precision).autocast(device):
+        return _image_features(loaded, x).float().cpu().numpy()

@@ -30,7 +30,7 @@ from fashiontune.shards.manifest import load_manifest
 log = logging.getLogger(__name__)
 
 
-def _dist_state():
+def dist_state():
     from accelerate import PartialState
 
     # cpu=True lets accelerate see a torchrun / `accelerate launch --multi_gpu` env on a GPU-less machine as
@@ -42,7 +42,7 @@ def out_dir(cfg: EvalConfig) -> Path:
     return Path(cfg.out_dir or f"runs/{cfg.name}/eval-{cfg.data.split}")
 
 
-def _fields(cfg: EvalConfig, manifest: dict) -> dict[str, dict]:
+def label_fields(cfg: EvalConfig, manifest: dict) -> dict[str, dict]:
     labels = manifest.get("labels", {})
     names = cfg.data.label_fields or sorted(labels)
     unknown = [f for f in names if f not in labels]
@@ -54,7 +54,7 @@ def _fields(cfg: EvalConfig, manifest: dict) -> dict[str, dict]:
     return {f: labels[f] for f in names}
 
 
-def _device(state) -> torch.device:
+def device_of(state) -> torch.device:
     return state.device if state.device.type == "cuda" else torch.device("cpu")
 
 
@@ -78,7 +78,7 @@ def _embed(cfg: EvalConfig, manifest: dict, fields: dict, state) -> E.Corpus | N
     total = E.split_count(manifest, cfg.data.split)
     torch.manual_seed(cfg.seed)  # random-init models: every rank (and every run) builds the same weights
     loaded, _ = load_eval_model(cfg.model)
-    device = _device(state)
+    device = device_of(state)
     precision = cfg.precision.resolve(device.type).value
     bs, world = cfg.data.batch_size, state.num_processes
     start, end = E.batch_range(total, bs, state.process_index, world)
@@ -121,31 +121,20 @@ def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate; returns the results dict on rank 0 ({} on other ranks). Writes results.json, plots, cache."""
     cfg.validate()  # before any work (also for library callers and jobs/eval.py)
     t0 = time.perf_counter()
-    state = _dist_state()
+    state = dist_state()
     out = out_dir(cfg)
     cache_dir = out / "embeddings"
     # inputs first (manifest, split, label fields, model files): a mistake there leaves no output directory
     manifest = load_manifest(Path(cfg.data.shards))
     E.eval_shards(manifest, Path(cfg.data.shards), cfg.data.split)
-    fields = _fields(cfg, manifest)
+    fields = label_fields(cfg, manifest)
     _check_task_fields(cfg, manifest)
     from fashiontune.eval.model import fingerprint
 
     model_fp = fingerprint(cfg.model)
     if state.is_main_process:
         save_config(cfg, out)
-    fp = cache_fingerprint(cfg, manifest, fields, model_fp, _device(state).type)
-    cached, why = E.cache_matches(cache_dir, fp) if cfg.cache else (False, "cache=false")
-    state.wait_for_everyone()  # every rank has decided before rank 0 may overwrite the cache
-    corpus = None
-    if cached and state.is_main_process:
-        corpus, why = E.load_cache(cache_dir, fp)
-        log.info("scoring cached embeddings from %s", cache_dir)
-    if not cached:
-        log.info("embedding split %s (%s)", cfg.data.split, why)
-        corpus = _embed(cfg, manifest, fields, state)  # None on ranks > 0: only rank 0 scores
-        if state.is_main_process:
-            E.save_cache(corpus, cache_dir, fp)
+    corpus, cached = embed_or_load(cfg, manifest, fields, model_fp, state, cache_dir)
     t_embed = time.perf_counter() - t0
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -165,6 +154,25 @@ def run_eval(cfg: EvalConfig) -> dict:
     return results
 
 
+def embed_or_load(cfg: EvalConfig, manifest: dict, fields: dict, model_fp: dict, state,
+                  cache_dir: Path) -> tuple[E.Corpus | None, bool]:
+    """(the split's corpus on rank 0 / None elsewhere, whether it came from the cache): the one embedding path
+    of the eval job and `fashiontune index build`."""
+    fp = cache_fingerprint(cfg, manifest, fields, model_fp, device_of(state).type)
+    cached, why = E.cache_matches(cache_dir, fp) if cfg.cache else (False, "cache=false")
+    state.wait_for_everyone()  # every rank has decided before rank 0 may overwrite the cache
+    corpus = None
+    if cached and state.is_main_process:
+        corpus, why = E.load_cache(cache_dir, fp)
+        log.info("using cached embeddings from %s", cache_dir)
+    if not cached:
+        log.info("embedding split %s (%s)", cfg.data.split, why)
+        corpus = _embed(cfg, manifest, fields, state)  # None on ranks > 0: only rank 0 scores
+        if state.is_main_process:
+            E.save_cache(corpus, cache_dir, fp)
+    return corpus, cached
+
+
 def _check_task_fields(cfg: EvalConfig, manifest: dict) -> None:
     labels = manifest.get("labels", {})
     for i, t in enumerate(cfg.retrieval.tasks):
@@ -181,7 +189,7 @@ def _text_embedder(cfg: EvalConfig, state):
     def embed(texts: list[str]) -> np.ndarray:
         from fashiontune.eval.model import load_eval_model
 
-        device = _device(state)
+        device = device_of(state)
         if not loaded:
             torch.manual_seed(cfg.seed)  # random-init models: the same weights as the embedding pass
             loaded.append(load_eval_model(cfg.model)[0])

@@ -1,4 +1,4 @@
-"""`fashiontune submit {shards,train,eval,smoke} --cluster configs/cluster/<name>.yaml [key=value ...]`.
+"""`fashiontune submit {shards,train,eval,index,smoke} --cluster configs/cluster/<name>.yaml [key=value ...]`.
 
 `key=value` overrides go to the job's config; `cluster.key=value` ones to the cluster config
 (e.g. `cluster.nodes=2 cluster.time_min=240`). `--dry-run` prints the sbatch script(s) and submits nothing.
@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-JOBS = ("shards", "train", "eval", "smoke")
+JOBS = ("shards", "train", "eval", "index", "smoke")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -126,5 +126,8 @@ register(JobSpec("train", "fashiontune.train:run_training", "fashiontune.train.c
 register(JobSpec("eval", "fashiontune.eval.run:run_eval", "fashiontune.eval.config:EvalConfig",
                  "fashiontune.eval.run:out_dir",
                  help="full-corpus evaluation, one task per GPU"))
+register(JobSpec("index", "fashiontune.index.build:build_index", "fashiontune.index.config:IndexConfig", "out",
+                 help="embed a catalogue into a faiss index (the eval job's embedding pass), one task per GPU",
+                 summary="fashiontune.index.build:summary"))
 register(JobSpec("smoke", "fashiontune.launch.smoke:run_smoke", "fashiontune.launch.smoke:SmokeConfig", "run_dir",
                  help="tiny all-reduce job with checkpoints: checks ranks, rendezvous and requeue"))
