@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("fashiontune.shards.cli", "build / verify / merge WebDataset shards of a corpus"),
     "train": ("fashiontune.train.cli", "train on shards (any task) with Accelerate / DeepSpeed"),
     "eval": ("fashiontune.eval.cli", "full-corpus retrieval and classification evaluation"),
+    "wise": ("fashiontune.wise.cli", "WiSE-FT: weight-space ensembles of a base and a fine-tuned export"),
     "submit": ("fashiontune.launch.cli", "run a job on SLURM (or submitit's local executor)"),
     "demo": ("fashiontune.demo", "synthetic corpus -> shards -> train -> eval -> report, on CPU"),
 }
