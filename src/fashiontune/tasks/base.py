@@ -125,8 +125,10 @@ def gather_objects(accelerator: Any, items: list) -> list:
     return gather_object(items)
 
 
-def trainable_stages(freeze: FreezeConfig, epoch: int, n_stages: int) -> int:
-    """How many of the tower's last stages train in `epoch` under the freeze schedule."""
+def trainable_stages(freeze: FreezeConfig, epoch: int, n_stages: int, step: int = 0) -> int:
+    """How many of the tower's last stages train in `epoch` at optimiser step `step` under the freeze schedule."""
+    if freeze.mode == FreezeMode.lp_ft:
+        return 0 if step < freeze.lp_steps else n_stages
     if freeze.mode == FreezeMode.gradual:
         return epoch * freeze.stages_per_epoch  # epoch 0: heads only
     if freeze.mode == FreezeMode.freeze_then_unfreeze:
@@ -178,6 +180,9 @@ class Task:
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def on_step_start(self, step: int) -> None:
+        """Before optimiser step `step` (0-based; also the first step after a resume): step-based schedules."""
 
     def evaluate(self, batches: Iterable[dict], accelerator: Any = None) -> dict[str, float]:
         raise NotImplementedError
