@@ -139,7 +139,8 @@ def trainable_stages(freeze: FreezeConfig, epoch: int, n_stages: int, step: int 
 def merged_model_state(loaded: LoadedModel, module_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The full open_clip/timm state dict with the trained tower(s) from a task module's state dict.
 
-    Task modules hold either the whole CLIP model as `clip.*` or only the image tower as `visual.*`."""
+    Task modules hold either the whole CLIP model as `clip.*` or only the image tower as `visual.*`. LoRA
+    adapters are merged into the weights (a plain open_clip state dict)."""
     full = {k: v for k, v in loaded.model.state_dict().items()}
     for k, v in module_state.items():
         if k.startswith("clip."):
@@ -147,6 +148,10 @@ def merged_model_state(loaded: LoadedModel, module_state: Mapping[str, Tensor]) 
         elif k.startswith("visual."):
             key = k if loaded.backbone == Backbone.open_clip else k[len("visual.") :]
             full[key] = v
+    if loaded.lora is not None:
+        from ..models.lora import merged_state
+
+        full = merged_state(loaded.lora, full)
     return full
 
 

@@ -31,6 +31,7 @@ from fashiontune.config import ConfigError, config_hash, save_config, to_yaml
 from fashiontune.data import make_loader, read_manifest, to_device
 from fashiontune.files import write_text_atomic
 from fashiontune.models import load_clip
+from fashiontune.models.lora import count_parameters
 from fashiontune.models.precision import set_fast_math
 from fashiontune.tasks import FreezeMode, Task, build_task
 from fashiontune.train.accel import make_accelerator, process_state, resolved_precision
@@ -128,6 +129,12 @@ def setup(cfg: TrainConfig) -> Run:
     name = cfg.task.name.value if hasattr(cfg.task.name, "value") else str(cfg.task.name)
     results = {"name": cfg.name, "task": name, "config_hash": config_hash(cfg), "world_size": acc.num_processes,
                "precision": resolved_precision(cfg).value, "best_metric": metric}
+    results["trainable_params"], results["total_params"] = count_parameters(task.module)
+    if acc.is_main_process and task.trainable:
+        n, total = results["trainable_params"], results["total_params"]
+        lora = f" (LoRA rank {cfg.model.lora.rank} on {'+'.join(cfg.model.lora.towers)})" if cfg.model.lora.rank else ""
+        print(f"fashiontune train: {n:,} of {total:,} parameters trainable ({100 * n / max(total, 1):.2f}%){lora}",
+              flush=True)
     run = Run(cfg, acc, task, train_loader, val_loader, metric, higher, total_steps, results, t_start=t_start)
     run.state.best["metric"] = metric
     return run
