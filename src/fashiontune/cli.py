@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fashiontune.train.cli", "train on shards (any task) with Accelerate / DeepSpeed"),
     "eval": ("fashiontune.eval.cli", "full-corpus retrieval and classification evaluation"),
     "wise": ("fashiontune.wise.cli", "WiSE-FT: weight-space ensembles of a base and a fine-tuned export"),
+    "sweep": ("fashiontune.sweep.cli", "a grid of training runs (a SLURM job array) -> sweep.json, table, curves"),
     "submit": ("fashiontune.launch.cli", "run a job on SLURM (or submitit's local executor)"),
     "demo": ("fashiontune.demo", "synthetic corpus -> shards -> train -> eval -> report, on CPU"),
 }
