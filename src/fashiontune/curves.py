@@ -24,9 +24,10 @@ def flatten(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def pick_metrics(rows: Sequence[Mapping[str, float]], patterns: Sequence[str]) -> list[str]:
-    """Keys present in any row whose last part (or whole key) matches one of `patterns` (regexes)."""
+    """Keys present in any row whose end, from a "/" on, matches one of `patterns` (regexes): "accuracy" picks
+    every ".../accuracy", "classify/accuracy" the head's, a whole key itself."""
     keys = sorted({k for r in rows for k in r})
-    return [k for k in keys if any(re.fullmatch(p, k) or re.fullmatch(p, k.split("/")[-1]) for p in patterns)]
+    return [k for k in keys if any(re.search(f"(?:^|/)(?:{p})$", k) for p in patterns)]
 
 
 def _cell(v: Any) -> str:

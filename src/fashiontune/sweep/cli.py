@@ -10,7 +10,6 @@ point; `cluster.key=value` ones to the cluster config. `--collect` only re-colle
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -62,19 +61,9 @@ def run(args: argparse.Namespace) -> int:
 def _on_cluster(args: argparse.Namespace, task, cluster_over: list[str]) -> int | None:
     """Submit the array (and its collect job); None once every point finished, else the exit code."""
     from fashiontune.launch import submit as S
+    from fashiontune.launch.cli import wait_reporting
     from fashiontune.launch.cluster import load_cluster
 
     sub = S.submit("sweep", task, load_cluster(args.cluster, cluster_over))
     print(sub.describe(), flush=True)
-    if args.no_wait:
-        return 0
-    try:
-        S.wait(sub, timeout_s=args.timeout,
-               on_progress=lambda s: print(f"  waiting: {s}", file=sys.stderr, flush=True))
-    except S.JobFailed as e:
-        print(f"fashiontune sweep: {e}", file=sys.stderr)
-        return 1
-    except TimeoutError as e:
-        print(f"fashiontune sweep: {e}", file=sys.stderr)
-        return 3
-    return None
+    return 0 if args.no_wait else wait_reporting(sub, args.timeout, "sweep")[0]

@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate every alpha with this eval config (repeat for a second corpus)")
     parser.add_argument("--splits", default="", help="comma-separated splits to evaluate (default: each config's own)")
     parser.add_argument("--metrics", default=DEFAULT_METRICS,
-                        help="regexes of the metrics to tabulate and plot (matched against the key's last part or "
-                             "the whole flattened key, e.g. classification/subCategory/classify/accuracy)")
+                        help="regexes of the metrics to tabulate and plot, matched against the end of each flattened "
+                             "results.json key (e.g. accuracy, classify/accuracy, t2i/R@1)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="eval config overrides for every evaluation")
 
 
