@@ -59,3 +59,17 @@ def test_the_data_efficiency_sweep_plans_on_any_shards(kagl, tmp_path):
     sizes = [p["data.max_train_items"] for p in plan.points]
     assert sizes == sorted(sizes) and len(sizes) >= 5 and plan.metrics == ["accuracy", "macro_f1"]
     assert "sweep" not in (tmp_path / "de" / "experiment.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_cluster_flag_runs_the_array_and_its_collect_job(kagl, tmp_path, capsys):
+    """--cluster with submitit's local executor: two array tasks, then the collect job (~25 s: three fresh
+    processes)."""
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--config", str(ROOT / "configs/tiny-kagl-softmax.yaml"), "--grid", "optim.lr=1e-3,3e-3",
+                 "--out", str(out), "--cluster", str(ROOT / "configs/cluster/local.yaml"),
+                 f"cluster.log_dir={tmp_path / 'logs'}", f"data.shards={kagl}", *COMMON]) == 0
+    entries = json.loads((out / "sweep.json").read_text())
+    assert [e["overrides"] for e in entries] == [{"optim.lr": 1e-3}, {"optim.lr": 3e-3}]
+    assert all(e["results"]["status"] == "finished" for e in entries)
+    assert "2/2 points collected" in capsys.readouterr().out

@@ -39,7 +39,7 @@ def weights(d: Path) -> dict:
 
 
 def test_endpoints_exact_midpoint_average_and_open_clip_loads(tuned, tmp_path, capsys):
-    sh, base, export = tuned
+    _, base, export = tuned
     out = tmp_path / "wise"
     assert main(["wise", "--base", str(base), "--fine-tuned", str(export), "--alphas", "0,0.5,1",
                  "--out", str(out)]) == 0

@@ -71,7 +71,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target
     tuner = LoraModel(model, config, "default")  # injects into `model` itself
     for n, p in model.named_parameters():
         # adapted towers: only the adapters train; everything else (other tower, logit scale) as before
-        p.requires_grad_(keep[n] if n in keep else "lora_" in n)
+        p.requires_grad_(keep.get(n, "lora_" in n))
     return tuner
 
 

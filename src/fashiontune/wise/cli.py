@@ -9,7 +9,6 @@ evaluation), then <out>/wise.json, wise.md and plots/<metric>_vs_alpha.png.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 DEFAULT_METRICS = "accuracy,macro_f1,R@1,R@10"
