@@ -1,6 +1,7 @@
 """`fashiontune sweep` run here (sequentially): a 2x2 grid, collected into sweep.json (equal to the four runs'
 results.json, in grid order), sweep.md and one curve per metric and swept key; a mistyped grid key fails before
-any run; the shipped data-efficiency sweep file plans on any shard directory. Cost: ~20 s (four 4-step runs)."""
+any run; the shipped data-efficiency sweep file plans on any shard directory; --cluster with submitit's local
+executor runs the array and the collect job. Cost: ~15 s (four 4-step runs), + ~25 s for the slow one."""
 
 from __future__ import annotations
 
