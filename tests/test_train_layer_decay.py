@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Loaded:  # what HeadsModule reads of a LoadedModel
-    def __init__(self, model):
-        self.model, self.visual = model, model.visual
+    def __init__(self, model, visual=None):
+        self.model, self.visual = model, visual if visual is not None else model.visual
 
 
 def _lr_of(opt: torch.optim.Optimizer) -> dict[int, float]:
@@ -44,6 +44,18 @@ def test_layer_decay_scales_by_depth(name, stem, top, n):
         assert all(lr[id(p)] == pytest.approx(0.5 ** (n - i)) for p in stage.parameters())
     off = _lr_of(build_optimizer(m, OptimConfig(lr=1.0, layer_decay=1.0, fused=False)))
     assert set(off.values()) == {1.0}
+
+
+def test_layer_decay_on_a_timm_resnet():
+    import timm
+
+    net = timm.create_model("resnet18", num_classes=0)
+    m = HeadsModule(_Loaded(net, net), {"f": torch.nn.Linear(net.num_features, 3)}, hold_clip=False)
+    lr = _lr_of(build_optimizer(m, OptimConfig(lr=1.0, layer_decay=0.5, fused=False)))
+    assert len(m.freezer.stages) == 4
+    assert lr[id(net.conv1.weight)] == pytest.approx(0.5 ** 5) and lr[id(net.bn1.weight)] == pytest.approx(0.5 ** 5)
+    assert lr[id(net.layer1[0].conv1.weight)] == pytest.approx(0.5 ** 4)
+    assert lr[id(net.layer4[1].conv2.weight)] == pytest.approx(0.5) and lr[id(m.heads["f"].weight)] == 1.0
 
 
 def test_layer_decay_covers_the_text_tower_and_keeps_logit_scale():

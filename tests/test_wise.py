@@ -81,3 +81,11 @@ def test_architecture_mismatch_is_one_line(tuned, tmp_path, capsys):
     assert main(["wise", "--base", str(other), "--fine-tuned", str(export), "--out", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert "different tensors" in err and "one architecture" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_base_that_is_not_a_tag_of_the_architecture_is_one_line(tuned, tmp_path, capsys):
+    _, _, export = tuned
+    assert main(["wise", "--base", "openai", "--fine-tuned", str(export), "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "--base openai: no such export directory" in err and "ft-tiny-vit" in err
+    assert len(err.strip().splitlines()) == 1

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..files import write_json_atomic
-from ..models import OPEN_CLIP_WEIGHTS, TIMM_WEIGHTS, load_clip, load_tensors
+from ..models import OPEN_CLIP_WEIGHTS, TIMM_WEIGHTS, ModelLoadError, load_clip, load_tensors
 from ..models.export import save_tensors
 
 _HINT = "Pass a training export directory (runs/<name>/export) or an open_clip/timm weights file."
@@ -53,8 +53,12 @@ def load_base_state(base: str, fine_tuned: str | Path) -> dict[str, Tensor]:
     from ..eval.model import resolve_model_config
 
     mc, _ = resolve_model_config(EvalModelConfig(checkpoint=str(fine_tuned)))
-    mc.pretrained = base  # a tag; load_clip says what to pass instead when it is not one
-    return load_clip(mc).model.state_dict()
+    mc.pretrained = base
+    try:
+        return load_clip(mc).model.state_dict()
+    except ModelLoadError as e:
+        raise WiseError(f"--base {base}: no such export directory or weights file, and not a usable pretrained tag "
+                        f"of {mc.name} ({e})") from e
 
 
 def blend_state(base: Mapping[str, Tensor], tuned: Mapping[str, Tensor], alpha: float,
