@@ -1,6 +1,7 @@
 """WiSE-FT (`fashiontune wise`): alpha 0 and 1 reproduce the two endpoints exactly, 0.5 is the weight average,
 every export loads with plain open_clip and carries the fine-tuned heads; with --eval, every alpha is evaluated
-on two splits and drawn as metric-vs-alpha curves. Cost: ~25 s (one 12-step training run, 3 x 2 evaluations)."""
+on two splits and drawn as metric-vs-alpha curves; prompt heads are blended with the zero-shot ones. Cost: ~30 s
+(two short training runs, a zero-shot export, 3 x 2 evaluations)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,21 @@ def test_a_base_that_is_not_a_tag_of_the_architecture_is_one_line(tuned, tmp_pat
     err = capsys.readouterr().err
     assert "--base openai: no such export directory" in err and "ft-tiny-vit" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_prompt_heads_are_interpolated_with_the_zero_shot_ones(tuned, tmp_path):
+    """A zero-shot export as the base of a labeltext (prompt-head) export: both have the same heads, so the heads
+    are blended too (the zero-shot classifier is the head's alpha=0 end)."""
+    sh, _, _ = tuned
+    common = [f"data.shards={sh}", f"out_dir={tmp_path}", "data.workers=0", "log.tensorboard=false",
+              "log.plots=false", "checkpoint.every_steps=0"]
+    run_training(load_train_config(ROOT / "configs/tiny-fewshot-zeroshot.yaml", [*common, "name=zs",
+                                                                                  "task.field=subCategory"]))
+    run_training(load_train_config(ROOT / "configs/tiny-kagl-labeltext.yaml", [*common, "name=lt", "loop.max_steps=6"]))
+    zs, lt = (load_heads(tmp_path / n / "export")[0] for n in ("zs", "lt"))
+    assert set(zs) == set(lt) and any(not torch.equal(zs[k], lt[k]) for k in lt)
+    assert main(["wise", "--base", str(tmp_path / "zs/export"), "--fine-tuned", str(tmp_path / "lt/export"),
+                 "--alphas", "0.5", "--out", str(tmp_path / "w")]) == 0
+    mid = load_heads(tmp_path / "w" / "alpha-0.5")[0]
+    for k in lt:
+        torch.testing.assert_close(mid[k], (zs[k] + lt[k]) / 2, rtol=0, atol=1e-6)
