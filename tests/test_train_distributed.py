@@ -14,7 +14,8 @@ computation up to float summation order: weights must agree to 1e-4 after 6 Adam
   equals the same 1-process run: so it trains, saves (partitioned optimizer state) and resumes.
 - Contrastive with feature-cache accumulation and DDP no_sync: 2 processes == 1 process.
 - DeepSpeed ZeRO-3: the gathered export equals the 1-process weights.
-Cost: ~45-100 s per launch on 2 busy cores (process start-up dominates); 4 launches + 2 in-process runs.
+- LoRA (peft adapters on the image tower, base weights frozen): 2 processes == 1 process, merged exports equal.
+Cost: ~45-100 s per launch on 2 busy cores (process start-up dominates); 5 launches + 3 in-process runs.
 """
 
 from __future__ import annotations
@@ -146,3 +147,13 @@ def test_deepspeed_zero3_export_gathers_the_partitioned_weights(kagl, reference,
            f"dist.deepspeed_config={ROOT / 'configs/deepspeed/zero3.json'}")
     assert results(tmp_path / "zero3")["skipped_steps"] == 1
     assert max_diff(tmp_path / "zero3", reference) < TOL
+
+
+def test_ddp_lora_matches_one_process(kagl, tmp_path):
+    """DDP over a model whose base weights are frozen (requires_grad=False) and adapters train."""
+    lora = ["model.lora.rank=4", "model.lora.targets=[attn,c_fc]", "model.lora.towers=[image]", "optim.lr=1e-2"]
+    run_training(load_train_config(CONFIG, common(kagl, tmp_path, "ref") + ["data.workers=2", "loop.grad_accum=2", *lora]))
+    launch(*common(kagl, tmp_path, "ddp"), "data.workers=0", *lora)
+    r, ref = results(tmp_path / "ddp"), results(tmp_path / "ref")
+    assert r["world_size"] == 2 and r["trainable_params"] == ref["trainable_params"] < ref["total_params"] / 10
+    assert max_diff(tmp_path / "ddp", tmp_path / "ref") < TOL

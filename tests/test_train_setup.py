@@ -95,6 +95,8 @@ def test_batch_rows_replay_the_loader_plan():
     with pytest.raises(ConfigError, match="rank 0 a batch of 2 and rank 1 one of 3"):
         check_equal_batches(cfg, 2, {"splits": {"train": {"count": 101}}})
     check_equal_batches(cfg, 1, {"splits": {"train": {"count": 101}}})  # one rank gathers nothing
+    cfg.data.max_train_items = 64  # the loader reads a 64-item subset: 2 x 32, every batch full
+    check_equal_batches(cfg, 2, {"splits": {"train": {"count": 101}}})
 
 
 def test_find_unused_parameters_comes_from_the_task_not_from_accumulation():

@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 
 from fashiontune.models import ModelConfig, load_clip
 from fashiontune.tasks import PromptConfig, TaskConfig, TaskName, TextMode, build_task
-from fashiontune.train.config import ScheduleConfig
+from fashiontune.train.config import OptimConfig, ScheduleConfig
 from fashiontune.train.optim import build_optimizer, build_scheduler
 from fashiontune.train.state import TrainState
 from fashiontune.train.step import train_step
@@ -116,8 +116,8 @@ def setup_step(name: str, grad_clip: float, device: str = "cpu"):
     for b in micro:
         b["valid"] = torch.tensor([True, True, True, False])  # a padding row: masks, not indexing
     micro = [_to(b, device) for b in micro]
-    optimizer = build_optimizer(task.module, SimpleNamespace(lr=1e-3, weight_decay=0.1, beta1=0.9, beta2=0.98,
-                                                             eps=1e-6, fused=True))
+    optimizer = build_optimizer(task.module, OptimConfig(lr=1e-3, weight_decay=0.1, beta1=0.9, beta2=0.98,
+                                                         eps=1e-6, fused=True))
     backend = DDPBackend(LocalAccelerator(), task.module, optimizer, grad_clip)
     return task, backend, build_scheduler(optimizer, 10, ScheduleConfig()), micro
 

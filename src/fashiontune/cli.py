@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("fashiontune.eval.cli", "full-corpus retrieval and classification evaluation"),
     "index": ("fashiontune.index.cli", "embed a catalogue into a searchable index (faiss)"),
     "serve": ("fashiontune.serve.cli", "search and classify an index in the browser and over a JSON API"),
+    "wise": ("fashiontune.wise.cli", "WiSE-FT: weight-space ensembles of a base and a fine-tuned export"),
+    "sweep": ("fashiontune.sweep.cli", "a grid of training runs (a SLURM job array) -> sweep.json, table, curves"),
     "submit": ("fashiontune.launch.cli", "run a job on SLURM (or submitit's local executor)"),
     "demo": ("fashiontune.demo", "synthetic corpus -> shards -> train -> eval -> report, on CPU"),
 }

@@ -43,6 +43,10 @@ class DataConfig:
     label_fields: list[str] = field(default_factory=list)  # [] = every field of the manifest (or the task's)
     balance_field: str = ""  # "" = off; else a label field to class-balance (needs epoch_mode=resampled)
     balance_power: float = 1.0  # acceptance ~ freq^-power: 1 = uniform classes, 0.5 = sqrt-balanced
+    # Train on a deterministic subset of the train split (data/subset.py): 0 = all of it. Smaller subsets are
+    # contained in larger ones; subset_field class-balances the choice over that label field.
+    max_train_items: int = 0
+    subset_field: str = ""
     # Training: decode JPEGs at 1/2..1/8 scale when shards are stored >= 2x larger than the transform needs
     # (PIL draft mode; the size comes from the transform's first resize/crop, so the crop keeps its resolution;
     # 2-4x faster for 64 px models on 256 px shards). Validation always decodes in full, like the eval job.
@@ -72,6 +76,8 @@ class DataConfig:
             raise ConfigError(f"{source}: data.train_split is empty; name a split of the manifest (e.g. train).")
         if self.workers != 0 and self.prefetch_factor < 1:
             raise ConfigError(f"{source}: data.prefetch_factor={self.prefetch_factor} must be >= 1 with data.workers > 0.")
+        if self.max_train_items < 0:
+            raise ConfigError(f"{source}: data.max_train_items={self.max_train_items} must be >= 0 (0 = the whole split).")
         if self.balance_power < 0:
             raise ConfigError(f"{source}: data.balance_power={self.balance_power} must be >= 0.")
         return self

@@ -22,6 +22,7 @@ from fashiontune.data.manifest import ManifestError, read_manifest, split_shards
 from fashiontune.data.plan import exact_worker_batches, resampled_worker_batches, round_robin_position
 from fashiontune.data.samples import iter_tar
 from fashiontune.data.stream import Collator, ShardStream, StreamPosition, draft_size, sample_seed
+from fashiontune.data.subset import subset_shards
 from fashiontune.data.workers import plan_workers, resolve_pin_memory, resolve_workers
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class ShardLoader:
         self.cfg, self.split, self.train, self.rank, self.world_size = cfg, split, train, rank, world_size
         self.manifest = manifest if manifest is not None else read_manifest(cfg.shards)
         self.shards = split_shards(self.manifest, split, cfg.shards)
+        if train and cfg.max_train_items:
+            self.shards = subset_shards(self.shards, cfg.max_train_items, cfg.seed, cfg.subset_field, self.manifest)
         self.total = sum(s.count for s in self.shards)
         if self.total == 0:
             raise ManifestError(f"{Path(cfg.shards) / 'manifest.json'}: split {split!r} has no samples.")

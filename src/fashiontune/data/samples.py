@@ -113,18 +113,23 @@ def iter_range(shards: Sequence[ShardRef], lo: int, hi: int) -> Iterator[tuple[i
 
 
 def _shard_range(sh: ShardRef, start: int, lo: int, hi: int) -> Iterator[tuple[int, dict]]:
-    seen = 0
+    """Positions start.. of the shard's samples (of its `keep` keys only, for a subset: data/subset.py)."""
+    keep = getattr(sh, "keep", None)
+    total = getattr(sh, "full_count", 0) or sh.count
+    seen, pos = 0, start - 1
     for seen, sample in enumerate(iter_tar(sh.path), 1):
-        if seen > sh.count:
+        if seen > total:
             break
-        pos = start + seen - 1
+        if keep is not None and sample["__key__"] not in keep:
+            continue
+        pos += 1
         if pos >= hi:
             return  # stopped inside the shard: the rest is another reader's
         if pos >= lo:
             yield pos, sample
-    if seen != sh.count:
-        holds = "more" if seen > sh.count else str(seen)
-        raise _error(sh.path, f"manifest.json says {sh.count} samples, the tar holds {holds} (the shards changed "
+    if seen != total:
+        holds = "more" if seen > total else str(seen)
+        raise _error(sh.path, f"manifest.json says {total} samples, the tar holds {holds} (the shards changed "
                               "after the build)")
 
 

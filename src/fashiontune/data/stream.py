@@ -154,7 +154,8 @@ class ShardStream(IterableDataset):
         rng = rng_for("resample", self.seed, epoch, self.rank, worker)
         weights = [s.count for s in self.shards]  # a sample, not a shard, is equally likely
         while True:
-            yield from iter_tar(rng.choices(self.shards, weights)[0].path)
+            shard = rng.choices(self.shards, weights)[0]
+            yield from (s for s in iter_tar(shard.path) if shard.keep is None or s["__key__"] in shard.keep)
 
     def _balanced(self, samples: Iterator[dict], worker: int, epoch: int) -> Iterator[dict]:
         rng = rng_for("balance", self.seed, epoch, self.rank, worker)

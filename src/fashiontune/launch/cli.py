@@ -56,15 +56,9 @@ def run(args: argparse.Namespace) -> int:
     print(sub.describe(), flush=True)
     if args.no_wait:
         return 0
-    try:
-        results = sub_mod.wait(sub, timeout_s=args.timeout,
-                               on_progress=lambda s: print(f"  waiting: {s}", file=sys.stderr, flush=True))
-    except sub_mod.JobFailed as e:
-        print(f"fashiontune submit {args.job}: {e}", file=sys.stderr)
-        return 1
-    except TimeoutError as e:
-        print(f"fashiontune submit {args.job}: {e}", file=sys.stderr)
-        return 3
+    code, results = wait_reporting(sub, args.timeout, f"submit {args.job}")
+    if code is not None:
+        return code
     from fashiontune.launch.registry import get
 
     spec = get(args.job)
@@ -72,3 +66,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"done in {time.monotonic() - t0:.1f} s; run dir {sub.run_dir}")
     print(get(last).summarize(sub_mod.main_result(results)))
     return 0
+
+
+def wait_reporting(sub, timeout_s: float | None, command: str) -> tuple[int | None, list]:
+    """Wait for a submission, with a progress note on stderr: (None, results), or the exit code (1: a job
+    failed, 3: timed out) after printing why as `fashiontune <command>: ...`."""
+    from fashiontune.launch import submit as sub_mod
+
+    try:
+        return None, sub_mod.wait(sub, timeout_s=timeout_s,
+                                  on_progress=lambda s: print(f"  waiting: {s}", file=sys.stderr, flush=True))
+    except sub_mod.JobFailed as e:
+        print(f"fashiontune {command}: {e}", file=sys.stderr)
+        return 1, []
+    except TimeoutError as e:
+        print(f"fashiontune {command}: {e}", file=sys.stderr)
+        return 3, []

@@ -134,9 +134,9 @@ def log_root(cluster: ClusterConfig) -> Path:
 
 
 def slurm_parameters(cluster: ClusterConfig, job_name: str, single_task: bool = False,
-                     array: bool = False) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters; `single_task`: one process on one node (array tasks, merge);
-    `array`: the parameters of a job array's tasks (log names carry %A_%a)."""
+                     array: bool = False, task_gpus: int = 0) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters; `single_task`: one process on one node (array tasks, merge) with
+    `task_gpus` GPUs; `array`: the parameters of a job array's tasks (log names carry %A_%a)."""
     job_id = "%A_%a" if array else "%j"
     batch_log = str(log_root(cluster) / f"%x-{job_id}.out")  # the batch shell's output (setup, srun's messages)
     p: dict[str, Any] = {
@@ -157,6 +157,8 @@ def slurm_parameters(cluster: ClusterConfig, job_name: str, single_task: bool = 
             p[key] = getattr(cluster, key)
     if cluster.gpus_per_node and not single_task:
         p["gpus_per_node"] = cluster.gpus_per_node
+    elif single_task and task_gpus:
+        p["gpus_per_node"] = task_gpus
     if cluster.mem_gb:
         p["mem"] = _slurm._convert_mem(cluster.mem_gb)
     elif cluster.exclusive:
@@ -171,7 +173,7 @@ def slurm_parameters(cluster: ClusterConfig, job_name: str, single_task: bool = 
 
 
 def make_executor(cluster: ClusterConfig, job_name: str, single_task: bool = False, dry_run: bool = False,
-                  array: bool = False):
+                  array: bool = False, task_gpus: int = 0):
     folder = log_root(cluster) / "%j"
     python = cluster.python or None
     if cluster.executor == ExecutorKind.local:
@@ -179,7 +181,7 @@ def make_executor(cluster: ClusterConfig, job_name: str, single_task: bool = Fal
         ex.update_parameters(
             timeout_min=cluster.time_min,
             tasks_per_node=1 if single_task else cluster.tasks_per_node,
-            gpus_per_node=0 if single_task else cluster.gpus_per_node,
+            gpus_per_node=task_gpus if single_task else cluster.gpus_per_node,
             signal_delay_s=cluster.signal_delay_s,
             **({"setup": list(cluster.setup)} if cluster.setup else {}),
         )
@@ -192,17 +194,18 @@ def make_executor(cluster: ClusterConfig, job_name: str, single_task: bool = Fal
     cls = _DryRunSlurmExecutor if dry_run else SlurmExecutor
     ex = cls(folder=folder, max_num_timeout=cluster.max_requeues, python=python)
     # SlurmExecutor.update_parameters takes sbatch names (time, ntasks_per_node, mem="16GB") as they are.
-    ex.update_parameters(**slurm_parameters(cluster, job_name, single_task, array))
+    ex.update_parameters(**slurm_parameters(cluster, job_name, single_task, array, task_gpus))
     return ex
 
 
 def sbatch_script(cluster: ClusterConfig, job_name: str, single_task: bool = False, array_size: int = 0,
-                  dependency: str = "") -> str:
+                  dependency: str = "", task_gpus: int = 0) -> str:
     """The exact sbatch file submitit writes for this cluster config (without submitting anything)."""
     if cluster.executor == ExecutorKind.local:
         return (f"# executor: local -- no sbatch script; {cluster.tasks_per_node} task(s) run as subprocesses "
                 f"of this machine, logs in {Path(cluster.log_dir).absolute()}/<job id>/\n")
-    ex = make_executor(replace(cluster), job_name, single_task=single_task, dry_run=True, array=bool(array_size))
+    ex = make_executor(replace(cluster), job_name, single_task=single_task, dry_run=True, array=bool(array_size),
+                       task_gpus=task_gpus)
     if array_size:
         ex.parameters["map_count"] = array_size
     if dependency:

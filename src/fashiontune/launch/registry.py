@@ -28,6 +28,7 @@ class ArraySpec:
     merge: str  # registered job run once every task succeeded, with the run dir as its argument
     task_label: str = ""  # "module:function"(config, run_dir, index) -> what a task covers, for failure messages
     rerun_hint: str = ""  # said after a failed array: what resubmitting does
+    task_gpus: int = 0  # GPUs per array task, when the cluster config has GPUs (sweep points train on one)
 
 
 @dataclass(frozen=True)
@@ -131,3 +132,11 @@ register(JobSpec("index", "fashiontune.index.build:build_index", "fashiontune.in
                  summary="fashiontune.index.build:summary"))
 register(JobSpec("smoke", "fashiontune.launch.smoke:run_smoke", "fashiontune.launch.smoke:SmokeConfig", "run_dir",
                  help="tiny all-reduce job with checkpoints: checks ranks, rendezvous and requeue"))
+register(JobSpec("sweep", "fashiontune.sweep.run:run_point", "fashiontune.sweep.run:SweepTask",
+                 "fashiontune.sweep.run:task_out", distributed=False,
+                 help="one training run per grid point as a job array, then collect",
+                 array=ArraySpec("points", "index", "sweep-collect", "fashiontune.sweep.run:task_label",
+                                 "Resubmit the same command: finished points only rewrite their reports, the others "
+                                 "resume from their newest checkpoints.", task_gpus=1)))
+register(JobSpec("sweep-collect", "fashiontune.sweep.run:collect", None, "", distributed=False,
+                 help="sweep.json, table and curves once every point finished", summary="fashiontune.sweep.run:summary"))

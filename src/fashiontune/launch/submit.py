@@ -88,7 +88,8 @@ def dry_run(job: str, cfg: Any, cluster: ClusterConfig) -> str:
     n = spec.array_size(cfg)
     if n > 1:
         return (f"# array of {n} single-process tasks\n"
-                + sbatch_script(cluster, name, single_task=True, array_size=n)
+                + sbatch_script(cluster, name, single_task=True, array_size=n,
+                                task_gpus=min(spec.array.task_gpus, cluster.gpus_per_node))
                 + "\n# then the merge job (submitted with the array's id)\n"
                 + sbatch_script(cluster, name + "-merge", single_task=True,
                                 dependency="afterok:<array job id>"))
@@ -132,7 +133,8 @@ def _submit_array(spec: registry.JobSpec, cfg: Any, cluster: ClusterConfig, run_
     n = spec.array_size(cfg)
     runners = [JobRunner(spec.name, dataclasses.replace(cfg, **{spec.array.index_key: i}), str(run_dir),
                          cluster.max_requeues, cluster.omp_threads) for i in range(n)]
-    ex = make_executor(cluster, name, single_task=True, array=True)
+    ex = make_executor(cluster, name, single_task=True, array=True,
+                       task_gpus=min(spec.array.task_gpus, cluster.gpus_per_node))
     with submitit.helpers.clean_env():
         with ex.batch():
             delayed = [ex.submit(r) for r in runners]

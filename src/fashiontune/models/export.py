@@ -24,7 +24,7 @@ OPEN_CLIP_WEIGHTS = "open_clip_pytorch_model.bin"
 TIMM_WEIGHTS = "pytorch_model.bin"
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def save_tensors(obj: Any, path: Path) -> None:
     replace_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -37,13 +37,13 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, state_dict: Optional[
     info: dict[str, Any] = {"name": loaded.name, "backbone": loaded.backbone.value}
     if loaded.backbone == Backbone.open_clip:
         path = out / OPEN_CLIP_WEIGHTS
-        _atomic_save(sd, path)
+        save_tensors(sd, path)
         preprocess_cfg = dict(getattr(loaded.model.visual, "preprocess_cfg", {}) or {})
         write_json_atomic(out / "open_clip_config.json", {"model_cfg": loaded.model_cfg, "preprocess_cfg": preprocess_cfg})
         info["load"] = f"open_clip.create_model_and_transforms({loaded.name!r}, pretrained={str(path)!r})"
     else:
         path = out / TIMM_WEIGHTS
-        _atomic_save(sd, path)
+        save_tensors(sd, path)
         info["timm_name"] = loaded.name
         info["data_cfg"] = loaded.model_cfg.get("data_cfg", {})
         info["load"] = f"timm.create_model({loaded.name!r}, num_classes=0, pretrained=True, pretrained_cfg_overlay={{'file': {str(path)!r}}})"
@@ -55,7 +55,7 @@ def save_heads(out_dir: str | Path, heads: Mapping[str, torch.Tensor], meta: Map
     """heads.pt: head tensors; heads.json: task name, fields, vocabularies, thresholds, prompts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_save({k: v.detach().to("cpu").clone() for k, v in heads.items()}, out / "heads.pt")
+    save_tensors({k: v.detach().to("cpu").clone() for k, v in heads.items()}, out / "heads.pt")
     write_json_atomic(out / "heads.json", dict(meta))
 
 

@@ -51,6 +51,7 @@ class LoadedModel:
     backbone: Backbone = Backbone.open_clip
     cfg: ModelConfig = field(default_factory=ModelConfig)
     model_cfg: dict = field(default_factory=dict)  # open_clip architecture config, or {"timm_name": ...}
+    lora: Any = None  # the peft LoraModel over `model` when model.lora.rank > 0 (models/lora.py)
 
     @property
     def visual(self) -> nn.Module:
@@ -144,7 +145,13 @@ def _load_open_clip(cfg: ModelConfig) -> LoadedModel:
         model_cfg.setdefault("vision_cfg", {})["image_size"] = cfg.image_size
     if cfg.context_length:
         model_cfg.setdefault("text_cfg", {})["context_length"] = cfg.context_length
-    return LoadedModel(model, preprocess_train, preprocess_val, tokenizer, name, Backbone.open_clip, cfg, model_cfg)
+    loaded = LoadedModel(model, preprocess_train, preprocess_val, tokenizer, name, Backbone.open_clip, cfg, model_cfg)
+    if cfg.lora.rank > 0:
+        from .lora import apply_lora
+
+        lo = cfg.lora
+        loaded.lora = apply_lora(model, lo.rank, lo.alpha, lo.dropout, lo.targets, lo.towers)
+    return loaded
 
 
 def _create_timm(name: str, image_size: Optional[int], **kw: Any) -> nn.Module:

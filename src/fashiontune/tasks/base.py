@@ -125,8 +125,10 @@ def gather_objects(accelerator: Any, items: list) -> list:
     return gather_object(items)
 
 
-def trainable_stages(freeze: FreezeConfig, epoch: int, n_stages: int) -> int:
-    """How many of the tower's last stages train in `epoch` under the freeze schedule."""
+def trainable_stages(freeze: FreezeConfig, epoch: int, n_stages: int, step: int = 0) -> int:
+    """How many of the tower's last stages train in `epoch` at optimiser step `step` under the freeze schedule."""
+    if freeze.mode == FreezeMode.lp_ft:
+        return 0 if step < freeze.lp_steps else n_stages
     if freeze.mode == FreezeMode.gradual:
         return epoch * freeze.stages_per_epoch  # epoch 0: heads only
     if freeze.mode == FreezeMode.freeze_then_unfreeze:
@@ -137,7 +139,8 @@ def trainable_stages(freeze: FreezeConfig, epoch: int, n_stages: int) -> int:
 def merged_model_state(loaded: LoadedModel, module_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The full open_clip/timm state dict with the trained tower(s) from a task module's state dict.
 
-    Task modules hold either the whole CLIP model as `clip.*` or only the image tower as `visual.*`."""
+    Task modules hold either the whole CLIP model as `clip.*` or only the image tower as `visual.*`. LoRA
+    adapters are merged into the weights (a plain open_clip state dict)."""
     full = {k: v for k, v in loaded.model.state_dict().items()}
     for k, v in module_state.items():
         if k.startswith("clip."):
@@ -145,6 +148,10 @@ def merged_model_state(loaded: LoadedModel, module_state: Mapping[str, Tensor]) 
         elif k.startswith("visual."):
             key = k if loaded.backbone == Backbone.open_clip else k[len("visual.") :]
             full[key] = v
+    if loaded.lora is not None:
+        from ..models.lora import merged_state
+
+        full = merged_state(loaded.lora, full)
     return full
 
 
@@ -178,6 +185,9 @@ class Task:
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def on_step_start(self, step: int) -> None:
+        """Before optimiser step `step` (0-based; also the first step after a resume): step-based schedules."""
 
     def evaluate(self, batches: Iterable[dict], accelerator: Any = None) -> dict[str, float]:
         raise NotImplementedError

@@ -25,6 +25,9 @@ class FreezeMode(str, enum.Enum):
     linear_probe = "linear_probe"  # image tower frozen for good; only heads train
     gradual = "gradual"  # epoch 0 heads only, then `stages_per_epoch` more tower stages each epoch, last first
     freeze_then_unfreeze = "freeze_then_unfreeze"  # heads only until `unfreeze_epoch`, then everything
+    # LP-FT (Kumar et al. 2022): heads only for `lp_steps` optimiser steps (a linear probe), then everything, the
+    # towers at `tower_lr_scale` x the LR so the probed head is not wrecked by large early tower updates
+    lp_ft = "lp_ft"
 
 
 class HeadKind(str, enum.Enum):
@@ -48,6 +51,8 @@ class FreezeConfig:
     mode: FreezeMode = FreezeMode.full
     stages_per_epoch: int = 1  # gradual: tower stages (blocks / ResNet layers) unfrozen per epoch
     unfreeze_epoch: int = 1  # freeze_then_unfreeze: first epoch that trains the tower
+    lp_steps: int = 100  # lp_ft: optimiser steps of the linear probe (heads only)
+    tower_lr_scale: float = 0.1  # lp_ft: the towers' LR after the probe, as a fraction of optim.lr
 
 
 @dataclass
@@ -104,6 +109,12 @@ class TaskConfig:
                 "set an integer >= 1")
         require(self.freeze.unfreeze_epoch >= 0, source, "task.freeze.unfreeze_epoch", self.freeze.unfreeze_epoch,
                 "set an integer >= 0")
+        if self.freeze.mode == FreezeMode.lp_ft:
+            require(name != TaskName.contrastive, source, "task.freeze.mode", "lp_ft",
+                    "LP-FT probes a head first and contrastive has none; use freeze_then_unfreeze or gradual")
+            require(self.freeze.lp_steps >= 1, source, "task.freeze.lp_steps", self.freeze.lp_steps, "set an integer >= 1")
+            require(0 < self.freeze.tower_lr_scale <= 1, source, "task.freeze.tower_lr_scale",
+                    self.freeze.tower_lr_scale, "set a fraction of optim.lr in (0, 1]")
         p = self.prompts
         require(p.template_set in TEMPLATE_SETS, source, "task.prompts.template_set", p.template_set,
                 "use one of '', 'openai', 'simple'")

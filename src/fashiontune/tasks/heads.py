@@ -158,6 +158,7 @@ class HeadsTask(Task):
         hold_clip = head_kind == HeadKind.prompts and text_mode == TextMode.tower
         self.module = HeadsModule(loaded, heads, hold_clip).to(device_of(loaded.model))
         self._totals: dict[str, int] = {}  # begin_step's valid-label counts of this step
+        self.step = 0  # the optimiser step about to run (lp_ft's schedule)
         self.text_mode = text_mode
         self.thresholds = {s.name: cfg.multilabel.threshold for s in self.specs if s.multi}
         self.pos_weight = {s.name: self._pos_weight(s) for s in self.specs if s.multi}
@@ -172,7 +173,8 @@ class HeadsTask(Task):
                 p.requires_grad_(False)
             self.module.tower_locked = True
         # schedules that change which stages train cut the graph instead of flipping requires_grad (see towers.py)
-        self.find_unused_parameters = trainable and (mode in (FreezeMode.gradual, FreezeMode.freeze_then_unfreeze) or hold_clip)
+        self.find_unused_parameters = trainable and (
+            mode in (FreezeMode.gradual, FreezeMode.freeze_then_unfreeze, FreezeMode.lp_ft) or hold_clip)
         multi_fields = any(s.multi for s in self.specs)
         single = len(self.specs) == 1
         self.primary_metric = ("macro_f1" if multi_fields else "accuracy") if single else (
@@ -182,9 +184,18 @@ class HeadsTask(Task):
     # --- schedule -------------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
-        n = trainable_stages(self.cfg.freeze, epoch, len(self.module.freezer.stages))
-        self.module.freezer.set_trainable(n)
-        self.module.train(self.module.training)  # re-apply eval mode to what is now frozen
+        self._set_stages()
+
+    def on_step_start(self, step: int) -> None:
+        self.step = step
+        if self.cfg.freeze.mode == FreezeMode.lp_ft:
+            self._set_stages()
+
+    def _set_stages(self) -> None:
+        n = trainable_stages(self.cfg.freeze, self.epoch, len(self.module.freezer.stages), self.step)
+        if n != self.module.freezer.n_trainable:
+            self.module.freezer.set_trainable(n)
+            self.module.train(self.module.training)  # re-apply eval mode to what is now frozen
 
     # --- losses ---------------------------------------------------------------------------------------
     def _pos_weight(self, s: FieldSpec) -> Optional[Tensor]:

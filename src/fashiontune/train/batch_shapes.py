@@ -40,6 +40,8 @@ def check_equal_batches(cfg, world_size: int, manifest: dict) -> None:
     if world_size < 2 or cfg.task.name != TaskName.contrastive or d.epoch_mode != EpochMode.exact or d.drop_last:
         return
     total = int(manifest.get("splits", {}).get(d.train_split, {}).get("count", 0))
+    if d.max_train_items:
+        total = min(total, d.max_train_items)  # the subset the loader reads (data/subset.py)
     if total == 0:
         return  # the loader reports an empty split with its own message
     workers = plan_workers(d.workers)  # the loader's own count (data.workers=auto: from this rank's CPUs)

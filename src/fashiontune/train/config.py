@@ -39,6 +39,9 @@ class OptimConfig:
     eps: float = 1e-6
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     fused: bool = True  # torch's fused AdamW kernel (CPU and CUDA); false = the reference per-tensor loop
+    # layer-wise LR decay of the towers (train/layer_decay.py): block i of n trains at lr * decay^(n + 1 - i);
+    # 1.0 = off; 0.65-0.85 is usual for ViT fine-tuning
+    layer_decay: float = 1.0
 
 
 @dataclass
@@ -149,6 +152,7 @@ class TrainConfig:
         for key in ("beta1", "beta2"):
             require(0 <= getattr(o, key) < 1, source, f"optim.{key}", getattr(o, key), "set a value in [0, 1)")
         require(o.eps > 0, source, "optim.eps", o.eps, "set a value > 0")
+        require(0 < o.layer_decay <= 1, source, "optim.layer_decay", o.layer_decay, "set a value in (0, 1] (1 = off)")
         for key in ("epochs", "max_steps", "stop_after_steps"):
             require(getattr(lp, key) >= 0, source, f"loop.{key}", getattr(lp, key), "set an integer >= 0")
         require(self.dist.timeout_s >= 1, source, "dist.timeout_s", self.dist.timeout_s, "set seconds >= 1")

@@ -31,8 +31,9 @@ from fashiontune.config import ConfigError, config_hash, save_config, to_yaml
 from fashiontune.data import make_loader, read_manifest, to_device
 from fashiontune.files import write_text_atomic
 from fashiontune.models import load_clip
+from fashiontune.models.lora import count_parameters
 from fashiontune.models.precision import set_fast_math
-from fashiontune.tasks import Task, build_task
+from fashiontune.tasks import FreezeMode, Task, build_task
 from fashiontune.train.accel import make_accelerator, process_state, resolved_precision
 from fashiontune.train.backend import DDPBackend, make_backend
 from fashiontune.train.batch_shapes import check_equal_batches
@@ -93,7 +94,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     run = setup(cfg)
     if not run.task.trainable:  # zero-shot: evaluate and export, nothing to optimise
         return evaluate_only(run)
-    optimizer = build_optimizer(run.task.module, cfg.optim)
+    lp_ft = cfg.task.freeze.mode == FreezeMode.lp_ft
+    optimizer = build_optimizer(run.task.module, cfg.optim, cfg.task.freeze.tower_lr_scale if lp_ft else 1.0)
     prepare(run, optimizer)
     stopped = train(run)
     return finish(run, stopped)
@@ -127,6 +129,12 @@ def setup(cfg: TrainConfig) -> Run:
     name = cfg.task.name.value if hasattr(cfg.task.name, "value") else str(cfg.task.name)
     results = {"name": cfg.name, "task": name, "config_hash": config_hash(cfg), "world_size": acc.num_processes,
                "precision": resolved_precision(cfg).value, "best_metric": metric}
+    results["trainable_params"], results["total_params"] = count_parameters(task.module)
+    if acc.is_main_process and task.trainable:
+        n, total = results["trainable_params"], results["total_params"]
+        lora = f" (LoRA rank {cfg.model.lora.rank} on {'+'.join(cfg.model.lora.towers)})" if cfg.model.lora.rank else ""
+        print(f"fashiontune train: {n:,} of {total:,} parameters trainable ({100 * n / max(total, 1):.2f}%){lora}",
+              flush=True)
     run = Run(cfg, acc, task, train_loader, val_loader, metric, higher, total_steps, results, t_start=t_start)
     run.state.best["metric"] = metric
     return run
@@ -202,6 +210,7 @@ def train(run: Run) -> bool:
         for micro in _chunks(iter(loader), cfg.loop.grad_accum):
             n = sum(_n_samples(b) for b in micro)  # on the CPU-side batches: no device sync
             micro = [to_device(b, run.acc.device) for b in micro]
+            run.task.on_step_start(s.step)
             logs = train_step(run.task, run.backend, run.scheduler, micro, s, cfg.loop.max_bad_steps,
                               poison=s.step in nan_steps, check_finite=cfg.loop.check_finite)
             s.step += 1

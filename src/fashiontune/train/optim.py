@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fashiontune.train.config import OptimConfig, ScheduleConfig, ScheduleName
+from fashiontune.train.layer_decay import lr_scales
 
 
 def _no_decay(name: str, p: nn.Parameter) -> bool:
@@ -16,14 +17,16 @@ def _no_decay(name: str, p: nn.Parameter) -> bool:
     return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(module: nn.Module, cfg: OptimConfig, tower_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """All parameters, frozen ones included: freeze schedules flip requires_grad later, and AdamW skips a
-    parameter whose grad is None (no update, no decay)."""
-    decay, no_decay = [], []
+    parameter whose grad is None (no update, no decay). One group per (weight decay, LR scale): layer-wise LR
+    decay and LP-FT's tower LR (train/layer_decay.py); the schedule multiplies each group's own LR."""
+    scales = lr_scales(module, cfg.layer_decay, tower_lr_scale)
+    groups_by: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in module.named_parameters():
-        (no_decay if _no_decay(name, p) else decay).append(p)
-    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.weight_decay}]
-    groups = [g for g in groups if g["params"]]
+        groups_by.setdefault((_no_decay(name, p), scales.get(id(p), 1.0)), []).append(p)
+    groups = [{"params": ps, "weight_decay": 0.0 if nd else cfg.weight_decay, "lr": cfg.lr * scale}
+              for (nd, scale), ps in sorted(groups_by.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
     kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     if cfg.fused:
         # One fused kernel per step instead of a Python loop over tensors (torch's CPU default): on this
