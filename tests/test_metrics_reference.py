@@ -262,3 +262,37 @@ def test_gpu_scoring_equals_cpu_scoring():
     for d in ("t2i", "i2t"):
         assert torch.equal(cpu[d].topk_indices, gpu[d].topk_indices)
         assert torch.equal(cpu[d].first_rank, gpu[d].first_rank)
+
+
+@pytest.mark.parametrize("dup", [0, 2])
+def test_tiled_preselection_matches_brute_force(dup, monkeypatch):
+    """The tiled GEMM + group pre-selection path (N >> k x group) and the top-k-list ranks, with and without
+    ties at the pre-selection threshold (dup: exact duplicate candidates), against a full sort. < 1 s."""
+    from fashiontune.metrics import topk
+    from fashiontune.metrics.topk import Tiling
+
+    widths = []
+    real = topk.deterministic_topk
+    monkeypatch.setattr(topk, "deterministic_topk", lambda s, k: widths.append(s.shape[1]) or real(s, k))
+    q = exact_embeddings(40, 5, seed=3, dup_every=3)
+    c = exact_embeddings(301, 5, seed=4, dup_every=dup) if dup else torch.randn(301, 5, generator=torch.Generator().manual_seed(4))
+    rng = np.random.default_rng(1)
+    relevant = rng.random((40, 301)) < 0.02
+    relevant[3] = False
+    rel_t = torch.from_numpy(relevant)
+    res = chunked_rank(q, c, k=6, relevance=lambda s, e, dev: rel_t[s:e], chunk_size=16, device="cpu",
+                       tiling=Tiling(block=16, group=4))
+    scores = (q @ c.T).numpy()
+    order = brute_order(scores)
+    assert torch.equal(res.topk_indices, torch.from_numpy(order[:, :6]))
+    np.testing.assert_array_equal(res.first_rank.numpy(), brute_first_rank(scores, relevant))
+    assert (res.first_rank > 6).any() and ((res.first_rank > 0) & (res.first_rank <= 6)).any()  # both rank paths
+    assert 24 in widths  # pre-selected: 6 groups of 4 columns per row
+    assert (301 in widths) == bool(dup)  # ties at the threshold: those rows ranked over the full row
+
+
+def test_tiling_rejects_a_block_that_is_not_a_multiple_of_the_group():
+    from fashiontune.metrics.topk import Tiling
+
+    with pytest.raises(ValueError, match="multiple of group"):
+        Tiling(block=10, group=4)

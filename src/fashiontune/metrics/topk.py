@@ -89,32 +89,122 @@ def _select_lowest_index_ties(scores: Tensor, kth: Tensor, k: int) -> Tensor:
     return selected.nonzero(as_tuple=True)[1].view(b, k)
 
 
-def first_relevant_rank(scores: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class Tiling:
+    """How a query chunk's scores are laid out and pre-selected (CPU speed knobs; results do not depend on them).
+
+    block: candidate columns per GEMM tile on the CPU (a tile stays in cache for the group maxima); the GPU
+    scores the whole corpus in one GEMM. group: columns per group of the top-k pre-selection.
+    """
+
+    block: int = 1024
+    group: int = 32
+
+    def __post_init__(self) -> None:
+        if self.group < 1 or self.block < self.group or self.block % self.group:
+            raise ValueError(f"Tiling(block={self.block}, group={self.group}): block must be a multiple of group")
+
+
+class _ScoreBlock:
+    """Scores of a query chunk against all N candidates, as nb tiles of `block` columns (nb x chunk x block),
+    padded with -inf past N. Columns are addressed globally: column j lives in tile j // block."""
+
+    def __init__(self, q: Tensor, cand_tiles: Tensor, n: int):
+        nb, block, _ = cand_tiles.shape
+        self.n, self.block = n, block
+        self.s = torch.empty(nb, q.shape[0], block, device=q.device)
+        for b in range(nb):
+            torch.mm(q, cand_tiles[b].T, out=self.s[b])
+        if nb * block > n:
+            self.s[-1, :, n - (nb - 1) * block:] = float("-inf")
+
+    def at(self, rows: Tensor, cols: Tensor) -> Tensor:
+        return self.s[cols // self.block, rows, cols % self.block]
+
+    def rows(self, rows: Tensor) -> Tensor:
+        """Full score rows (len(rows) x N), a copy."""
+        return self.s[:, rows].permute(1, 0, 2).reshape(rows.numel(), -1)[:, : self.n]
+
+
+def _preselect_topk(sb: _ScoreBlock, k: int, group: int) -> tuple[Tensor, Tensor]:
+    """deterministic_topk of every row, ranking only the k best groups of `group` columns per row.
+
+    The k groups with the highest maxima hold every candidate scoring above the (k+1)-th group maximum g; if
+    the k-th value found there is > g, nothing outside can enter the top k (it scores <= g), so the result is
+    exact. Rows where it is not (ties at g: rare outside tie-heavy data) are ranked over their full row.
+    """
+    nb, chunk, block = sb.s.shape
+    gmax = sb.s.view(nb, chunk, block // group, group).amax(-1).permute(1, 0, 2).reshape(chunk, -1)
+    gv, gi = gmax.topk(k + 1, dim=1)
+    gi = gi[:, :k].sort(dim=1).values  # ascending groups -> candidate columns ascending, so ties keep index order
+    cols = (gi.unsqueeze(2) * group + torch.arange(group, device=gi.device)).reshape(chunk, k * group)
+    rows = torch.arange(chunk, device=gi.device).unsqueeze(1).expand_as(cols)
+    pos, vals = deterministic_topk(sb.at(rows, cols), k)
+    idx = cols.gather(1, pos)
+    redo = (vals[:, -1] <= gv[:, k]).nonzero().flatten()
+    if redo.numel():
+        idx[redo], vals[redo] = deterministic_topk(sb.rows(redo), k)
+    return idx, vals
+
+
+def _topk(sb: _ScoreBlock, k: int, group: int) -> tuple[Tensor, Tensor]:
+    if 4 * k * group > sb.n:  # the pre-selection would not shrink the work
+        return deterministic_topk(sb.rows(torch.arange(sb.s.shape[1], device=sb.s.device)), k)
+    return _preselect_topk(sb, k, group)
+
+
+def _best_relevant(sb: _ScoreBlock, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: best relevant score s*, its candidate r* (lowest index among equals), whether any is relevant."""
+    b = sb.s.shape[1]
+    vals = sb.at(rows, cols)
+    best = torch.full((b,), float("-inf"), device=vals.device).scatter_reduce(0, rows, vals, "amax")
+    at = vals == best[rows]
+    r_star = torch.full((b,), sb.n, dtype=torch.long, device=vals.device)
+    r_star = r_star.scatter_reduce(0, rows[at], cols[at], "amin")
+    return best, r_star, torch.bincount(rows, minlength=b) > 0
+
+
+def first_relevant_rank(sb: _ScoreBlock, top: tuple[Tensor, Tensor], rows: Tensor, cols: Tensor) -> Tensor:
     """1-based rank of the best-ranked relevant candidate per row, under (score desc, index asc); -1 if none.
 
     Relevance comes sparse: the (row, col) positions of the relevant pairs (duplicates allowed). The best
-    relevant candidate r* is the highest-scoring relevant one, lowest index among equals. Its rank is
-    1 + #(score > s*) + #(score == s* and index < r*); the second group holds only irrelevant candidates,
-    because r* is the lowest-index relevant candidate at s*, and it is non-empty only where s* is tied, so the
-    index comparison runs on those rows alone. Cost: two linear passes over the row block.
+    relevant candidate r* (score s*) is the highest-scoring relevant one, lowest index among equals; its rank
+    is 1 + #(score > s*) + #(score == s* and index < r*). Where r* is in the row's top k, that count is read
+    off the top-k list; only the other rows are counted over all N candidates.
     """
-    b, n = scores.shape
-    vals = scores[rows, cols]
-    best = torch.full((b,), float("-inf"), device=scores.device, dtype=scores.dtype)
-    best = best.scatter_reduce(0, rows, vals, "amax")
-    has = torch.bincount(rows, minlength=b) > 0
+    best, r_star, has = _best_relevant(sb, rows, cols)
+    top_i, top_v = top
+    s, r = best.unsqueeze(1), r_star.unsqueeze(1)
+    if top_v.shape[1]:
+        inside = (top_v[:, -1] < best) | ((top_v[:, -1] == best) & (top_i[:, -1] >= r_star))
+    else:  # no candidates at all
+        inside = torch.zeros_like(has)
+    rank = 1 + ((top_v > s) | ((top_v == s) & (top_i < r))).sum(1)
+    miss = (has & ~inside).nonzero().flatten()
+    if miss.numel():
+        rank[miss] = _count_rank(sb.rows(miss), best[miss], r_star[miss])
+    return torch.where(has, rank, torch.full_like(rank, -1))
+
+
+def _count_rank(scores: Tensor, best: Tensor, r_star: Tensor) -> Tensor:
+    """1 + #(score > s*) + #(score == s* and index < r*) per row, over full rows."""
     bcol = best.unsqueeze(1)
     # bool .sum with an int32 accumulator is ~4x faster than the default int64 one on CPU
     rank = 1 + (scores > bcol).sum(1, dtype=torch.int32).long()
-    tied = (((scores == bcol).sum(1, dtype=torch.int32) > 1) & has).nonzero().flatten()
+    tied = ((scores == bcol).sum(1, dtype=torch.int32) > 1).nonzero().flatten()  # r* itself is one
     if tied.numel():
-        at = vals == best[rows]
-        r_star = torch.full((b,), n, dtype=torch.long, device=scores.device)
-        r_star = r_star.scatter_reduce(0, rows[at], cols[at], "amin")
-        at_best = scores[tied] == bcol[tied]
-        idx = torch.arange(n, device=scores.device).unsqueeze(0)
-        rank[tied] += (at_best & (idx < r_star[tied].unsqueeze(1))).sum(1)
-    return torch.where(has, rank, torch.full_like(rank, -1))
+        idx = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)
+        rank[tied] += ((scores[tied] == bcol[tied]) & (idx < r_star[tied].unsqueeze(1))).sum(1)
+    return rank
+
+
+def _tiles(cand: Tensor, block: int) -> Tensor:
+    """Candidates N x d as nb x block x d, zero-padded (the padded scores are set to -inf)."""
+    n, d = cand.shape
+    nb = max(1, -(-n // block))
+    if nb * block == n:
+        return cand.view(nb, block, d)
+    return torch.cat([cand, cand.new_zeros(nb * block - n, d)]).view(nb, block, d)
 
 
 def chunked_rank(
@@ -126,11 +216,12 @@ def chunked_rank(
     chunk_size: int | None = None,
     memory_budget_bytes: int | None = None,
     device: torch.device | str | None = None,
+    tiling: Tiling = Tiling(),
 ) -> RankResult:
     """Score Q queries against N candidates (dot product in fp32: pass L2-normalised embeddings for cosine).
 
-    For each query chunk: similarity chunk x N, deterministic top-k, and (if `relevance` is given) the rank of
-    the first relevant candidate. Results come back on the CPU.
+    For each query chunk: similarity chunk x N (in tiles), deterministic top-k, and (if `relevance` is given)
+    the rank of the first relevant candidate. Results come back on the CPU.
     """
     if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
         raise ValueError(
@@ -143,22 +234,25 @@ def chunked_rank(
     q_total, n = queries.shape[0], cand.shape[0]
     k = min(k, n)
     chunk = chunk_size or auto_chunk_size(n, memory_budget_bytes or default_budget(dev), q_total)
+    g = tiling.group
+    # a GPU runs one GEMM over the whole corpus; the CPU one cache-sized tile at a time
+    tiles = _tiles(cand, -(-n // g) * g if dev.type == "cuda" else tiling.block)
     top_i, top_s, ranks = [], [], []
     for s in range(0, q_total, chunk):
         e = min(q_total, s + chunk)
-        sims = queries[s:e].to(dev, torch.float32) @ cand.T
-        i, v = deterministic_topk(sims, k)
+        sb = _ScoreBlock(queries[s:e].to(dev, torch.float32), tiles, n)
+        i, v = _topk(sb, k, g) if k else deterministic_topk(sb.s.new_empty(e - s, n), 0)
         top_i.append(i.cpu())
         top_s.append(v.cpu())
         if relevance is not None:
             rel = relevance(s, e, dev)
             if isinstance(rel, Tensor):  # dense bool mask -> sparse positions
-                if rel.shape != sims.shape:
-                    raise ValueError(f"relevance mask {tuple(rel.shape)} for queries {s}:{e} != {tuple(sims.shape)}")
+                if rel.shape != (e - s, n):
+                    raise ValueError(f"relevance mask {tuple(rel.shape)} for queries {s}:{e} != {(e - s, n)}")
                 rel = rel.to(dev, torch.bool).nonzero(as_tuple=True)
             rows, cols = (t.to(dev, torch.long) for t in rel)
-            ranks.append(first_relevant_rank(sims, rows, cols).cpu())
-        del sims
+            ranks.append(first_relevant_rank(sb, (i, v), rows, cols).cpu())
+        del sb
     empty_i = torch.empty(0, k, dtype=torch.long)
     return RankResult(
         topk_indices=torch.cat(top_i) if top_i else empty_i,
