@@ -137,9 +137,11 @@ def _preselect_topk(sb: _ScoreBlock, k: int, group: int) -> tuple[Tensor, Tensor
     gmax = sb.s.view(nb, chunk, block // group, group).amax(-1).permute(1, 0, 2).reshape(chunk, -1)
     gv, gi = gmax.topk(k + 1, dim=1)
     gi = gi[:, :k].sort(dim=1).values  # ascending groups -> candidate columns ascending, so ties keep index order
-    cols = (gi.unsqueeze(2) * group + torch.arange(group, device=gi.device)).reshape(chunk, k * group)
-    rows = torch.arange(chunk, device=gi.device).unsqueeze(1).expand_as(cols)
-    pos, vals = deterministic_topk(sb.at(rows, cols), k)
+    per_tile = block // group
+    rows = torch.arange(chunk, device=gi.device).unsqueeze(1).expand_as(gi)
+    cand = sb.s.view(nb, chunk, per_tile, group)[gi // per_tile, rows, gi % per_tile]  # chunk x k x group
+    pos, vals = deterministic_topk(cand.view(chunk, k * group), k)
+    cols = (gi.unsqueeze(2) * group + torch.arange(group, device=gi.device)).view(chunk, k * group)
     idx = cols.gather(1, pos)
     redo = (vals[:, -1] <= gv[:, k]).nonzero().flatten()
     if redo.numel():
@@ -182,20 +184,29 @@ def first_relevant_rank(sb: _ScoreBlock, top: tuple[Tensor, Tensor], rows: Tenso
     rank = 1 + ((top_v > s) | ((top_v == s) & (top_i < r))).sum(1)
     miss = (has & ~inside).nonzero().flatten()
     if miss.numel():
-        rank[miss] = _count_rank(sb.rows(miss), best[miss], r_star[miss])
+        rank[miss] = _count_rank(sb, miss, best[miss], r_star[miss])
     return torch.where(has, rank, torch.full_like(rank, -1))
 
 
-def _count_rank(scores: Tensor, best: Tensor, r_star: Tensor) -> Tensor:
-    """1 + #(score > s*) + #(score == s* and index < r*) per row, over full rows."""
-    bcol = best.unsqueeze(1)
+def _count_rank(sb: _ScoreBlock, rows: Tensor, best: Tensor, r_star: Tensor) -> Tensor:
+    """1 + #(score > s*) + #(score == s* and index < r*) for the given rows, over all N candidates (in their
+    tiles: the -inf padding never counts)."""
+    t = sb.s[:, rows]  # nb x m x block
+    bcol = best.view(1, -1, 1)
     # bool .sum with an int32 accumulator is ~4x faster than the default int64 one on CPU
-    rank = 1 + (scores > bcol).sum(1, dtype=torch.int32).long()
-    tied = ((scores == bcol).sum(1, dtype=torch.int32) > 1).nonzero().flatten()  # r* itself is one
+    rank = 1 + (t > bcol).sum((0, 2), dtype=torch.int32).long()
+    tied = ((t == bcol).sum((0, 2), dtype=torch.int32) > 1).nonzero().flatten()  # r* itself is one
     if tied.numel():
-        idx = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)
-        rank[tied] += ((scores[tied] == bcol[tied]) & (idx < r_star[tied].unsqueeze(1))).sum(1)
+        nb, _, block = t.shape
+        idx = torch.arange(nb * block, device=t.device).view(nb, 1, block)
+        below = (t[:, tied] == bcol[:, tied]) & (idx < r_star[tied].view(1, -1, 1))
+        rank[tied] += below.sum((0, 2))
     return rank
+
+
+def _finite(x: Tensor) -> bool:
+    """No NaN/inf in x: a sum first (one cheap pass, non-finite if any entry is), the exact test only then."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _tiles(cand: Tensor, block: int) -> Tensor:
@@ -229,7 +240,7 @@ def chunked_rank(
         )
     dev = torch.device(device) if device is not None else default_device()
     cand = candidates.to(dev, torch.float32)
-    if not torch.isfinite(cand).all() or not torch.isfinite(queries).all():
+    if not (_finite(cand) and _finite(queries)):
         raise ValueError("embeddings contain NaN/inf: the model produced non-finite features")
     q_total, n = queries.shape[0], cand.shape[0]
     k = min(k, n)
