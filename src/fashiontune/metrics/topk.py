@@ -107,16 +107,18 @@ class Tiling:
 
 class _ScoreBlock:
     """Scores of a query chunk against all N candidates, as nb tiles of `block` columns (nb x chunk x block),
-    padded with -inf past N. Columns are addressed globally: column j lives in tile j // block."""
+    padded with -inf past N. Columns are addressed globally: column j lives in tile j // block. The scores
+    go into `buf` (nb x max_chunk x block), allocated once per call: a fresh block per chunk costs page
+    faults on every chunk."""
 
-    def __init__(self, q: Tensor, cand_tiles: Tensor, n: int):
-        nb, block, _ = cand_tiles.shape
+    def __init__(self, q: Tensor, tiles: list[Tensor], n: int, buf: Tensor):
+        block = buf.shape[2]
         self.n, self.block = n, block
-        self.s = torch.empty(nb, q.shape[0], block, device=q.device)
-        for b in range(nb):
-            torch.mm(q, cand_tiles[b].T, out=self.s[b])
-        if nb * block > n:
-            self.s[-1, :, n - (nb - 1) * block:] = float("-inf")
+        self.s = buf[:, : q.shape[0]]
+        for b, tile in enumerate(tiles):
+            torch.mm(q, tile.T, out=self.s[b])
+        if len(tiles) * block > n:
+            self.s[-1, :, n - (len(tiles) - 1) * block:] = float("-inf")
 
     def at(self, rows: Tensor, cols: Tensor) -> Tensor:
         return self.s[cols // self.block, rows, cols % self.block]
@@ -209,13 +211,14 @@ def _finite(x: Tensor) -> bool:
     return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
-def _tiles(cand: Tensor, block: int) -> Tensor:
-    """Candidates N x d as nb x block x d, zero-padded (the padded scores are set to -inf)."""
+def _tiles(cand: Tensor, block: int) -> list[Tensor]:
+    """Candidates N x d as tiles of `block` rows: views, and a zero-padded copy of the last partial one (its
+    padded scores are set to -inf)."""
     n, d = cand.shape
-    nb = max(1, -(-n // block))
-    if nb * block == n:
-        return cand.view(nb, block, d)
-    return torch.cat([cand, cand.new_zeros(nb * block - n, d)]).view(nb, block, d)
+    tiles = list(cand[: n - n % block].view(-1, block, d)) if n >= block else []
+    if n % block or not tiles:
+        tiles.append(torch.cat([cand[n - n % block:], cand.new_zeros(block - n % block, d)]))
+    return tiles
 
 
 def chunked_rank(
@@ -247,11 +250,12 @@ def chunked_rank(
     chunk = chunk_size or auto_chunk_size(n, memory_budget_bytes or default_budget(dev), q_total)
     g = tiling.group
     # a GPU runs one GEMM over the whole corpus; the CPU one cache-sized tile at a time
-    tiles = _tiles(cand, -(-n // g) * g if dev.type == "cuda" else tiling.block)
+    tiles = _tiles(cand, max(1, -(-n // g)) * g if dev.type == "cuda" else tiling.block)
+    buf = torch.empty(len(tiles), min(chunk, q_total), tiles[0].shape[0], device=dev)
     top_i, top_s, ranks = [], [], []
     for s in range(0, q_total, chunk):
         e = min(q_total, s + chunk)
-        sb = _ScoreBlock(queries[s:e].to(dev, torch.float32), tiles, n)
+        sb = _ScoreBlock(queries[s:e].to(dev, torch.float32), tiles, n, buf)
         i, v = _topk(sb, k, g) if k else deterministic_topk(sb.s.new_empty(e - s, n), 0)
         top_i.append(i.cpu())
         top_s.append(v.cpu())
@@ -263,7 +267,6 @@ def chunked_rank(
                 rel = rel.to(dev, torch.bool).nonzero(as_tuple=True)
             rows, cols = (t.to(dev, torch.long) for t in rel)
             ranks.append(first_relevant_rank(sb, (i, v), rows, cols).cpu())
-        del sb
     empty_i = torch.empty(0, k, dtype=torch.long)
     return RankResult(
         topk_indices=torch.cat(top_i) if top_i else empty_i,
