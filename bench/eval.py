@@ -149,6 +149,7 @@ def embed_bench(args) -> None:
                  device.type == "cuda" and resolve_pin_memory("auto"), True)]
     print(f"eval embedding, {args.model} (random init), {total} items of 256 px, device={device.type}, "
           f"precision={precision}, wall seconds with torch.cuda.synchronize around the GPU work")
+    rows = []
     for label, bs, nw, pin, uint8 in settings:
         E.embed_range(loaded, shards, 0, min(total, 2 * bs), bs, 0, device, precision)  # warm-up: kernels, caches
         _sync(args.device)
@@ -158,6 +159,9 @@ def embed_bench(args) -> None:
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         print(f"  {label:<60} {total / secs:8.1f} images/s  ({secs:.1f} s wall, {cpu:.1f} s CPU of this process)",
               flush=True)
+        rows.append({"setting": label, "images_per_s": total / secs, "seconds": secs, "cpu_seconds": cpu})
+    print(json.dumps({"bench": "embed", "model": args.model, "device": device.type, "precision": precision,
+                      "items": total, "rows": rows}))
 
 
 def run_child(args, method: str, n: int, queries: int) -> dict:
