@@ -271,11 +271,14 @@ def test_tiled_preselection_matches_brute_force(dup, monkeypatch):
     from fashiontune.metrics import topk
     from fashiontune.metrics.topk import Tiling
 
-    widths = []
-    real = topk.deterministic_topk
+    widths, full_counts = [], []
+    real, real_full = topk.deterministic_topk, topk._count_rank_full
     monkeypatch.setattr(topk, "deterministic_topk", lambda s, k: widths.append(s.shape[1]) or real(s, k))
+    monkeypatch.setattr(topk, "_count_rank_full", lambda sb, r, *a: full_counts.append(r.numel()) or real_full(sb, r, *a))
+    monkeypatch.setattr(topk, "_NEAR_GROUPS", 24)  # misses both near (counted in 24 groups) and far (full rows)
     q = exact_embeddings(40, 5, seed=3, dup_every=3)
-    c = exact_embeddings(301, 5, seed=4, dup_every=dup) if dup else torch.randn(301, 5, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    c = exact_embeddings(301, 5, seed=4, dup_every=dup) if dup else torch.randn(301, 5, generator=g)
     rng = np.random.default_rng(1)
     relevant = rng.random((40, 301)) < 0.02
     relevant[3] = False
@@ -289,6 +292,8 @@ def test_tiled_preselection_matches_brute_force(dup, monkeypatch):
     assert (res.first_rank > 6).any() and ((res.first_rank > 0) & (res.first_rank <= 6)).any()  # both rank paths
     assert 24 in widths  # pre-selected: 6 groups of 4 columns per row
     assert (301 in widths) == bool(dup)  # ties at the threshold: those rows ranked over the full row
+    n_miss = int((res.first_rank > 6).sum())
+    assert 0 < sum(full_counts) < n_miss  # some misses counted in their near groups, the others over full rows
 
 
 def test_tiling_rejects_a_block_that_is_not_a_multiple_of_the_group():

@@ -111,14 +111,30 @@ class _ScoreBlock:
     go into `buf` (nb x max_chunk x block), allocated once per call: a fresh block per chunk costs page
     faults on every chunk."""
 
-    def __init__(self, q: Tensor, tiles: list[Tensor], n: int, buf: Tensor):
+    def __init__(self, q: Tensor, tiles: list[Tensor], n: int, buf: Tensor, group: int):
         block = buf.shape[2]
-        self.n, self.block = n, block
+        self.n, self.block, self.group = n, block, group
+        self.gmax: Tensor | None = None  # chunk x (N / group) group maxima, once the pre-selection made them
         self.s = buf[:, : q.shape[0]]
         for b, tile in enumerate(tiles):
             torch.mm(q, tile.T, out=self.s[b])
         if len(tiles) * block > n:
             self.s[-1, :, n - (len(tiles) - 1) * block:] = float("-inf")
+
+    def group_max(self) -> Tensor:
+        nb, chunk, block = self.s.shape
+        if self.gmax is None:
+            tiles = self.s.view(nb, chunk, block // self.group, self.group)
+            self.gmax = tiles.amax(-1).permute(1, 0, 2).reshape(chunk, -1)
+        return self.gmax
+
+    def groups(self, rows: Tensor, gi: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores and column indices of groups gi (m x M group numbers) of rows (m): both m x (M * group)."""
+        nb, _, block = self.s.shape
+        g, per_tile = self.group, block // self.group
+        vals = self.s.view(nb, -1, per_tile, g)[gi // per_tile, rows.unsqueeze(1).expand_as(gi), gi % per_tile]
+        cols = gi.unsqueeze(2) * g + torch.arange(g, device=gi.device)
+        return vals.view(gi.shape[0], -1), cols.view(gi.shape[0], -1)
 
     def at(self, rows: Tensor, cols: Tensor) -> Tensor:
         return self.s[cols // self.block, rows, cols % self.block]
@@ -128,22 +144,17 @@ class _ScoreBlock:
         return self.s[:, rows].permute(1, 0, 2).reshape(rows.numel(), -1)[:, : self.n]
 
 
-def _preselect_topk(sb: _ScoreBlock, k: int, group: int) -> tuple[Tensor, Tensor]:
-    """deterministic_topk of every row, ranking only the k best groups of `group` columns per row.
+def _preselect_topk(sb: _ScoreBlock, k: int) -> tuple[Tensor, Tensor]:
+    """deterministic_topk of every row, ranking only the k best groups of columns per row.
 
     The k groups with the highest maxima hold every candidate scoring above the (k+1)-th group maximum g; if
     the k-th value found there is > g, nothing outside can enter the top k (it scores <= g), so the result is
     exact. Rows where it is not (ties at g: rare outside tie-heavy data) are ranked over their full row.
     """
-    nb, chunk, block = sb.s.shape
-    gmax = sb.s.view(nb, chunk, block // group, group).amax(-1).permute(1, 0, 2).reshape(chunk, -1)
-    gv, gi = gmax.topk(k + 1, dim=1)
+    gv, gi = sb.group_max().topk(k + 1, dim=1)
     gi = gi[:, :k].sort(dim=1).values  # ascending groups -> candidate columns ascending, so ties keep index order
-    per_tile = block // group
-    rows = torch.arange(chunk, device=gi.device).unsqueeze(1).expand_as(gi)
-    cand = sb.s.view(nb, chunk, per_tile, group)[gi // per_tile, rows, gi % per_tile]  # chunk x k x group
-    pos, vals = deterministic_topk(cand.view(chunk, k * group), k)
-    cols = (gi.unsqueeze(2) * group + torch.arange(group, device=gi.device)).view(chunk, k * group)
+    cand, cols = sb.groups(torch.arange(gi.shape[0], device=gi.device), gi)
+    pos, vals = deterministic_topk(cand, k)
     idx = cols.gather(1, pos)
     redo = (vals[:, -1] <= gv[:, k]).nonzero().flatten()
     if redo.numel():
@@ -151,10 +162,10 @@ def _preselect_topk(sb: _ScoreBlock, k: int, group: int) -> tuple[Tensor, Tensor
     return idx, vals
 
 
-def _topk(sb: _ScoreBlock, k: int, group: int) -> tuple[Tensor, Tensor]:
-    if 4 * k * group > sb.n:  # the pre-selection would not shrink the work
+def _topk(sb: _ScoreBlock, k: int) -> tuple[Tensor, Tensor]:
+    if 4 * k * sb.group > sb.n:  # the pre-selection would not shrink the work
         return deterministic_topk(sb.rows(torch.arange(sb.s.shape[1], device=sb.s.device)), k)
-    return _preselect_topk(sb, k, group)
+    return _preselect_topk(sb, k)
 
 
 def _best_relevant(sb: _ScoreBlock, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -190,9 +201,32 @@ def first_relevant_rank(sb: _ScoreBlock, top: tuple[Tensor, Tensor], rows: Tenso
     return torch.where(has, rank, torch.full_like(rank, -1))
 
 
+# a miss whose relevant score is exceeded in at most this many groups is counted there, not over its full row
+_NEAR_GROUPS = 256
+
+
 def _count_rank(sb: _ScoreBlock, rows: Tensor, best: Tensor, r_star: Tensor) -> Tensor:
-    """1 + #(score > s*) + #(score == s* and index < r*) for the given rows, over all N candidates (in their
-    tiles: the -inf padding never counts)."""
+    """1 + #(score > s*) + #(score == s* and index < r*) for the given rows. Only groups whose maximum is >= s*
+    can add to it: where the pre-selection's group maxima show few such groups (a near miss), those groups are
+    counted; other rows over all N candidates, in their tiles (the -inf padding never counts)."""
+    rank = torch.empty_like(rows)
+    near = torch.zeros_like(rows, dtype=torch.bool)
+    if sb.gmax is not None:
+        gm = sb.gmax[rows]
+        m = min(_NEAR_GROUPS, gm.shape[1])
+        near = (gm >= best.unsqueeze(1)).sum(1) <= m  # then the m highest groups hold all of them
+        ni = near.nonzero().flatten()
+        if ni.numel():
+            vals, cols = sb.groups(rows[ni], gm[ni].topk(m, dim=1).indices)
+            b, r = best[ni].unsqueeze(1), r_star[ni].unsqueeze(1)
+            rank[ni] = 1 + ((vals > b) | ((vals == b) & (cols < r))).sum(1)
+    far = (~near).nonzero().flatten()
+    if far.numel():
+        rank[far] = _count_rank_full(sb, rows[far], best[far], r_star[far])
+    return rank
+
+
+def _count_rank_full(sb: _ScoreBlock, rows: Tensor, best: Tensor, r_star: Tensor) -> Tensor:
     t = sb.s[:, rows]  # nb x m x block
     bcol = best.view(1, -1, 1)
     # bool .sum with an int32 accumulator is ~4x faster than the default int64 one on CPU
@@ -255,8 +289,8 @@ def chunked_rank(
     top_i, top_s, ranks = [], [], []
     for s in range(0, q_total, chunk):
         e = min(q_total, s + chunk)
-        sb = _ScoreBlock(queries[s:e].to(dev, torch.float32), tiles, n, buf)
-        i, v = _topk(sb, k, g) if k else deterministic_topk(sb.s.new_empty(e - s, n), 0)
+        sb = _ScoreBlock(queries[s:e].to(dev, torch.float32), tiles, n, buf, g)
+        i, v = _topk(sb, k) if k else deterministic_topk(sb.s.new_empty(e - s, n), 0)
         top_i.append(i.cpu())
         top_s.append(v.cpu())
         if relevance is not None:
