@@ -186,7 +186,7 @@ def _table_row(args, n: int) -> dict:
     fai = best_child(args, "faiss", n, q) if args.faiss else None
     scale = n / ours["queries"]
     row = {"n": n, "queries": ours["queries"], "ours": ours, "faiss": fai, "full": full}
-    t = lambda r: f"{r['seconds']:.1f}s ({r['cpu_seconds']:.1f}s)"  # noqa: E731
+    t = lambda r: f"{r['seconds']:.1f}s ({r['cpu_seconds']:.1f}s)"
     r1 = [f"{ours['R@1']:.4f}"]
     if fai is not None:
         row["vs_faiss"] = fai["seconds"] / ours["seconds"]

@@ -50,7 +50,7 @@ def _img2dataset_resizer(image_size: int, quality: int):
     spec = importlib.util.find_spec("img2dataset")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("img2dataset is not installed: pip install img2dataset --no-deps (plus the bench extra)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "resizer.py"
+    path = Path(next(iter(spec.submodule_search_locations))) / "resizer.py"
     mod_spec = importlib.util.spec_from_file_location("img2dataset_resizer", path)
     mod = importlib.util.module_from_spec(mod_spec)
     sys.modules[mod_spec.name] = mod

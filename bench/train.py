@@ -185,7 +185,7 @@ def worker(a: argparse.Namespace) -> None:
 def worker_result(a: argparse.Namespace, who: str, env: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--worker", who, "--n", str(a.n), "--batch", str(a.batch),
                            "--workers", str(a.workers), "--model", a.model, "--out", a.out], env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
@@ -196,9 +196,9 @@ def worker_result(a: argparse.Namespace, who: str, env: dict) -> dict:
 def summary(a: argparse.Namespace, best: dict, loader: dict, flops: dict) -> None:
     """The closing lines: samples/s and MFU of both trainers, the loader against them, one JSON object."""
     peak = flops["peak_flops"]
-    for who in best:
-        best[who]["mfu"] = best[who]["samples_per_s"] * flops["flops_per_sample"] / peak if peak else None
-    mfu = lambda r: f"MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else "MFU n/a (no peak known)"  # noqa: E731
+    for r in best.values():
+        r["mfu"] = r["samples_per_s"] * flops["flops_per_sample"] / peak if peak else None
+    mfu = lambda r: f"MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else "MFU n/a (no peak known)"
     ratio = best["ours"]["samples_per_s"] / best["openclip"]["samples_per_s"]
     print(f"fashiontune train : {best['ours']['samples_per_s']:8.1f} samples/s  {mfu(best['ours'])}")
     print(f"open_clip_train   : {best['openclip']['samples_per_s']:8.1f} samples/s  {mfu(best['openclip'])}")

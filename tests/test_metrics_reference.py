@@ -274,7 +274,8 @@ def test_tiled_preselection_matches_brute_force(dup, monkeypatch):
     widths, full_counts = [], []
     real, real_full = topk.deterministic_topk, topk._count_rank_full
     monkeypatch.setattr(topk, "deterministic_topk", lambda s, k: widths.append(s.shape[1]) or real(s, k))
-    monkeypatch.setattr(topk, "_count_rank_full", lambda sb, r, *a: full_counts.append(r.numel()) or real_full(sb, r, *a))
+    monkeypatch.setattr(topk, "_count_rank_full",
+                        lambda sb, r, *a: full_counts.append(r.numel()) or real_full(sb, r, *a))
     monkeypatch.setattr(topk, "_NEAR_GROUPS", 24)  # misses both near (counted in 24 groups) and far (full rows)
     q = exact_embeddings(40, 5, seed=3, dup_every=3)
     g = torch.Generator().manual_seed(4)
