@@ -8,6 +8,12 @@ the LOWER candidate index ranks first. `torch.topk` alone does not promise which
 returns, so where ties straddle the K-th place we pick the tied candidates ourselves by index, and we order
 the K by (score, index) with a stable sort. First-relevant ranks count strictly better candidates plus the
 tied ones of lower index, so ranks and top-K lists follow the same order.
+
+Speed (issue 16): the fp32 similarity GEMM is the floor (on one CPU core it costs about what faiss's whole
+exact search costs), so everything after it is kept to a few cheap passes: per-tile GEMMs into one reused
+buffer, the top K picked among the K column groups with the highest maxima (exact, with a full-row fallback),
+and ranks read off the top-K list, counted over a few groups for near misses and over full rows, tile by tile,
+only for the rest.
 """
 
 from __future__ import annotations
