@@ -319,8 +319,8 @@ def test_random_shapes_tilings_and_ties_match_brute_force(monkeypatch):
         ce = torch.from_numpy(rng.integers(-2, 3, (n, d)).astype(np.float32) / 2)
         relevant = rng.random((q, n)) < rng.choice([0.0, 0.02, 0.2])
         rel_t = torch.from_numpy(relevant)
-        res = chunked_rank(qe, ce, k, lambda s, e, dev: rel_t[s:e], chunk_size=int(rng.integers(1, 8)), device="cpu",
-                           tiling=Tiling(block=g * int(rng.integers(1, 6)), group=g))
+        res = chunked_rank(qe, ce, k, lambda s, e, dev, r=rel_t: r[s:e], chunk_size=int(rng.integers(1, 8)),
+                           device="cpu", tiling=Tiling(block=g * int(rng.integers(1, 6)), group=g))
         scores = (qe @ ce.T).numpy()
         order = brute_order(scores)[:, : min(k, n)]
         assert torch.equal(res.topk_indices, torch.from_numpy(order))
