@@ -33,6 +33,7 @@ test-fast: setup
 # Benchmarks print ratios against a peer measured in the same run (minutes each on 2 cores).
 bench: setup
 	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q --no-deps img2dataset  # its Resizer is bench/shards.py's peer; its CLI's pins clash with ours
 	$(PY) bench/shards.py
 	$(PY) bench/train.py
 	$(PY) bench/eval.py

@@ -16,6 +16,10 @@ open_clip sets them itself on CUDA). `--accum K` is gradient accumulation with t
 counts our training loop's host syncs with torch.cuda.set_sync_debug_mode("warn") and prints syncs per step
 (train/step.py states the budget).
 
+Model FLOPs utilisation (MFU) = samples/s x training FLOPs per sample (3 x one forward of image + text,
+counted by torch.utils.flop_counter) / the device's dense bf16 peak (H100/H200: 989 TFLOPS; other devices:
+set FT_PEAK_TFLOPS; none on a CPU). The last line is one JSON object with every number printed.
+
 open_clip_train imports pandas at module level: `make bench` installs the `bench` extra, which has it.
 """
 
@@ -137,16 +141,80 @@ def loader_only(a: argparse.Namespace, shards: Path) -> dict:
     return measure_loader_throughput(loader)
 
 
+# dense bf16 tensor-core peak, FLOP/s, by device-name substring (spec sheets, SXM)
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def flops_per_sample(model_name: str) -> float:
+    """Training FLOPs of one (image, text) pair: 3 x the forward (backward ~ 2 x forward), counted on the CPU."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fashiontune.models import ModelConfig, load_clip
+
+    loaded = load_clip(ModelConfig(name=model_name))
+    size = loaded.model.visual.image_size
+    size = size if isinstance(size, (tuple, list)) else (size, size)
+    image, text = torch.zeros(1, 3, *size), loaded.tokenizer(["a red dress"])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        loaded.model(image, text)
+    return 3.0 * counter.get_total_flops()
+
+
+def peak_flops() -> float | None:
+    import torch
+
+    if os.environ.get("FT_PEAK_TFLOPS"):
+        return float(os.environ["FT_PEAK_TFLOPS"]) * 1e12
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def flops_info(a: argparse.Namespace, shards: Path) -> dict:
+    return {"flops_per_sample": flops_per_sample(a.model), "peak_flops": peak_flops()}
+
+
 def worker(a: argparse.Namespace) -> None:
     shards = Path(a.out) / "kagl" / "shards"
-    out = {"ours": ours, "openclip": openclip, "loader": loader_only}[a.worker](a, shards)
+    out = {"ours": ours, "openclip": openclip, "loader": loader_only, "flops": flops_info}[a.worker](a, shards)
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def worker_result(a: argparse.Namespace, who: str, env: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", who, "--n", str(a.n), "--batch", str(a.batch),
+                           "--workers", str(a.workers), "--model", a.model, "--out", a.out], env=env,
+                          capture_output=True, text=True, check=False)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"{who} failed (exit {proc.returncode})")
+    return json.loads(line[len("RESULT "):])
+
+
+def summary(a: argparse.Namespace, best: dict, loader: dict, flops: dict) -> None:
+    """The closing lines: samples/s and MFU of both trainers, the loader against them, one JSON object."""
+    peak = flops["peak_flops"]
+    for r in best.values():
+        r["mfu"] = r["samples_per_s"] * flops["flops_per_sample"] / peak if peak else None
+    mfu = lambda r: f"MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else "MFU n/a (no peak known)"
+    ratio = best["ours"]["samples_per_s"] / best["openclip"]["samples_per_s"]
+    print(f"fashiontune train : {best['ours']['samples_per_s']:8.1f} samples/s  {mfu(best['ours'])}")
+    print(f"open_clip_train   : {best['openclip']['samples_per_s']:8.1f} samples/s  {mfu(best['openclip'])}")
+    print(f"ratio (ours / open_clip): {ratio:.2f}  (target >= 1.0); "
+          f"{flops['flops_per_sample'] / 1e9:.1f} GFLOP per training sample")
+    print(f"loader only       : {loader['samples_per_s']:8.1f} samples/s "
+          f"({loader['samples_per_s'] / best['ours']['samples_per_s']:.1f}x what training consumes)")
+    print(json.dumps({"bench": "train", "model": a.model, "batch": a.batch, "workers": a.workers, "ours": best["ours"],
+                      "openclip": best["openclip"], "loader": loader, **flops, "ratio": ratio}))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=3000, help="synthetic kagl items (90%% train)")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=64, help="side of the synthetic images in the shards")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 on CPU (both trainers)")
     p.add_argument("--workers", type=int, default=1)
@@ -157,7 +225,7 @@ def main() -> int:
                    help="ours: loop.tf32 (open_clip_train always turns TF32 on on CUDA)")
     p.add_argument("--repeats", type=int, default=2, help="alternating runs per trainer; the best of each is kept")
     p.add_argument("--out", default="/tmp/fashiontune-bench-train")
-    p.add_argument("--worker", choices=["ours", "openclip", "loader"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "openclip", "loader", "flops"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         worker(a)
@@ -165,8 +233,8 @@ def main() -> int:
 
     from fashiontune.train.testing import build_tiny_shards
 
-    shards = build_tiny_shards("kagl", Path(a.out) / "kagl", n=a.n, splits="train=0.9,val=0.1,test=0.0",
-                               shard_size=128)
+    shards = build_tiny_shards("kagl", Path(a.out) / "kagl", n=a.n, image_size=a.image_size,
+                               splits="train=0.9,val=0.1,test=0.0", shard_size=128)
     count = json.loads((shards / "manifest.json").read_text())["splits"]["train"]["count"]
     print(f"shards: {shards} ({count} train samples), model {a.model}, batch {a.batch} x accum {a.accum}, "
           f"{a.precision}, workers {a.workers}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
@@ -189,16 +257,8 @@ def main() -> int:
                   f"{r['seconds']:.1f} s, {r['precision']}{syncs})")
             if who not in best or r["samples_per_s"] > best[who]["samples_per_s"]:
                 best[who] = r
-    proc = subprocess.run([sys.executable, __file__, "--worker", "loader", "--n", str(a.n), "--batch", str(a.batch),
-                           "--workers", str(a.workers), "--model", a.model, "--out", a.out], env=env,
-                          capture_output=True, text=True)
-    loader = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
-    ratio = best["ours"]["samples_per_s"] / best["openclip"]["samples_per_s"]
-    print(f"fashiontune train : {best['ours']['samples_per_s']:8.1f} samples/s")
-    print(f"open_clip_train   : {best['openclip']['samples_per_s']:8.1f} samples/s")
-    print(f"ratio (ours / open_clip): {ratio:.2f}  (target >= 1.0)")
-    print(f"loader only       : {loader['samples_per_s']:8.1f} samples/s "
-          f"({loader['samples_per_s'] / best['ours']['samples_per_s']:.1f}x what training consumes)")
+    loader, flops = (worker_result(a, w, env) for w in ("loader", "flops"))
+    summary(a, best, loader, flops)
     return 0
 
 

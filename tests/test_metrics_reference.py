@@ -262,3 +262,67 @@ def test_gpu_scoring_equals_cpu_scoring():
     for d in ("t2i", "i2t"):
         assert torch.equal(cpu[d].topk_indices, gpu[d].topk_indices)
         assert torch.equal(cpu[d].first_rank, gpu[d].first_rank)
+
+
+@pytest.mark.parametrize("dup", [0, 2])
+def test_tiled_preselection_matches_brute_force(dup, monkeypatch):
+    """The tiled GEMM + group pre-selection path (N >> k x group) and the top-k-list ranks, with and without
+    ties at the pre-selection threshold (dup: exact duplicate candidates), against a full sort. < 1 s."""
+    from fashiontune.metrics import topk
+    from fashiontune.metrics.topk import Tiling
+
+    widths, full_counts = [], []
+    real, real_full = topk.deterministic_topk, topk._count_rank_full
+    monkeypatch.setattr(topk, "deterministic_topk", lambda s, k: widths.append(s.shape[1]) or real(s, k))
+    monkeypatch.setattr(topk, "_count_rank_full",
+                        lambda sb, r, *a: full_counts.append(r.numel()) or real_full(sb, r, *a))
+    monkeypatch.setattr(topk, "_NEAR_GROUPS", 24)  # misses both near (counted in 24 groups) and far (full rows)
+    q = exact_embeddings(40, 5, seed=3, dup_every=3)
+    g = torch.Generator().manual_seed(4)
+    c = exact_embeddings(301, 5, seed=4, dup_every=dup) if dup else torch.randn(301, 5, generator=g)
+    rng = np.random.default_rng(1)
+    relevant = rng.random((40, 301)) < 0.02
+    relevant[3] = False
+    rel_t = torch.from_numpy(relevant)
+    res = chunked_rank(q, c, k=6, relevance=lambda s, e, dev: rel_t[s:e], chunk_size=16, device="cpu",
+                       tiling=Tiling(block=16, group=4))
+    scores = (q @ c.T).numpy()
+    order = brute_order(scores)
+    assert torch.equal(res.topk_indices, torch.from_numpy(order[:, :6]))
+    np.testing.assert_array_equal(res.first_rank.numpy(), brute_first_rank(scores, relevant))
+    assert (res.first_rank > 6).any() and ((res.first_rank > 0) & (res.first_rank <= 6)).any()  # both rank paths
+    assert 24 in widths  # pre-selected: 6 groups of 4 columns per row
+    assert (301 in widths) == bool(dup)  # ties at the threshold: those rows ranked over the full row
+    n_miss = int((res.first_rank > 6).sum())
+    assert 0 < sum(full_counts) < n_miss  # some misses counted in their near groups, the others over full rows
+
+
+def test_tiling_rejects_a_block_that_is_not_a_multiple_of_the_group():
+    from fashiontune.metrics.topk import Tiling
+
+    with pytest.raises(ValueError, match="multiple of group"):
+        Tiling(block=10, group=4)
+
+
+def test_random_shapes_tilings_and_ties_match_brute_force(monkeypatch):
+    """80 random (N, Q, d, k, chunk, tiling, near-miss cap) on exact-arithmetic data full of ties, N and k from 0
+    up, every path of the tiled kernel: top-k, scores and ranks equal a full sort. ~1 s."""
+    from fashiontune.metrics import topk
+    from fashiontune.metrics.topk import Tiling
+
+    rng = np.random.default_rng(7)
+    for _ in range(80):
+        n, q, d, k = (int(rng.integers(lo, hi)) for lo, hi in ((1, 300), (1, 20), (1, 6), (0, 40)))
+        g = int(rng.choice([1, 2, 4]))
+        monkeypatch.setattr(topk, "_NEAR_GROUPS", int(rng.choice([1, 3, 256])))
+        qe = torch.from_numpy(rng.integers(-2, 3, (q, d)).astype(np.float32) / 2)
+        ce = torch.from_numpy(rng.integers(-2, 3, (n, d)).astype(np.float32) / 2)
+        relevant = rng.random((q, n)) < rng.choice([0.0, 0.02, 0.2])
+        rel_t = torch.from_numpy(relevant)
+        res = chunked_rank(qe, ce, k, lambda s, e, dev, r=rel_t: r[s:e], chunk_size=int(rng.integers(1, 8)),
+                           device="cpu", tiling=Tiling(block=g * int(rng.integers(1, 6)), group=g))
+        scores = (qe @ ce.T).numpy()
+        order = brute_order(scores)[:, : min(k, n)]
+        assert torch.equal(res.topk_indices, torch.from_numpy(order))
+        np.testing.assert_array_equal(res.topk_scores.numpy(), np.take_along_axis(scores, order, 1))
+        np.testing.assert_array_equal(res.first_rank.numpy(), brute_first_rank(scores, relevant))

@@ -8,6 +8,12 @@ the LOWER candidate index ranks first. `torch.topk` alone does not promise which
 returns, so where ties straddle the K-th place we pick the tied candidates ourselves by index, and we order
 the K by (score, index) with a stable sort. First-relevant ranks count strictly better candidates plus the
 tied ones of lower index, so ranks and top-K lists follow the same order.
+
+Speed (issue 16): the fp32 similarity GEMM is the floor (on one CPU core it costs about what faiss's whole
+exact search costs), so everything after it is kept to a few cheap passes: per-tile GEMMs into one reused
+buffer, the top K picked among the K column groups with the highest maxima (exact, with a full-row fallback),
+and ranks read off the top-K list, counted over a few groups for near misses and over full rows, tile by tile,
+only for the rest.
 """
 
 from __future__ import annotations
@@ -89,32 +95,177 @@ def _select_lowest_index_ties(scores: Tensor, kth: Tensor, k: int) -> Tensor:
     return selected.nonzero(as_tuple=True)[1].view(b, k)
 
 
-def first_relevant_rank(scores: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class Tiling:
+    """How a query chunk's scores are laid out and pre-selected (CPU speed knobs; results do not depend on them).
+
+    block: candidate columns per GEMM tile on the CPU (a tile stays in cache for the group maxima); the GPU
+    scores the whole corpus in one GEMM. group: columns per group of the top-k pre-selection.
+    """
+
+    block: int = 1024
+    group: int = 32
+
+    def __post_init__(self) -> None:
+        if self.group < 1 or self.block < self.group or self.block % self.group:
+            raise ValueError(f"Tiling(block={self.block}, group={self.group}): block must be a multiple of group")
+
+
+class _ScoreBlock:
+    """Scores of a query chunk against all N candidates, as nb tiles of `block` columns (nb x chunk x block),
+    padded with -inf past N. Columns are addressed globally: column j lives in tile j // block. The scores
+    go into `buf` (nb x max_chunk x block), allocated once per call: a fresh block per chunk costs page
+    faults on every chunk."""
+
+    def __init__(self, q: Tensor, tiles: list[Tensor], n: int, buf: Tensor, group: int):
+        block = buf.shape[2]
+        self.n, self.block, self.group = n, block, group
+        self.gmax: Tensor | None = None  # chunk x (N / group) group maxima, once the pre-selection made them
+        self.s = buf[:, : q.shape[0]]
+        for b, tile in enumerate(tiles):
+            torch.mm(q, tile.T, out=self.s[b])
+        if len(tiles) * block > n:
+            self.s[-1, :, n - (len(tiles) - 1) * block:] = float("-inf")
+
+    def group_max(self) -> Tensor:
+        nb, chunk, block = self.s.shape
+        if self.gmax is None:
+            tiles = self.s.view(nb, chunk, block // self.group, self.group)
+            self.gmax = tiles.amax(-1).permute(1, 0, 2).reshape(chunk, -1)
+        return self.gmax
+
+    def groups(self, rows: Tensor, gi: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores and column indices of groups gi (m x M group numbers) of rows (m): both m x (M * group)."""
+        nb, _, block = self.s.shape
+        g, per_tile = self.group, block // self.group
+        vals = self.s.view(nb, -1, per_tile, g)[gi // per_tile, rows.unsqueeze(1).expand_as(gi), gi % per_tile]
+        cols = gi.unsqueeze(2) * g + torch.arange(g, device=gi.device)
+        return vals.view(gi.shape[0], -1), cols.view(gi.shape[0], -1)
+
+    def at(self, rows: Tensor, cols: Tensor) -> Tensor:
+        return self.s[cols // self.block, rows, cols % self.block]
+
+    def rows(self, rows: Tensor) -> Tensor:
+        """Full score rows (len(rows) x N), a copy."""
+        return self.s[:, rows].permute(1, 0, 2).reshape(rows.numel(), -1)[:, : self.n]
+
+
+def _preselect_topk(sb: _ScoreBlock, k: int) -> tuple[Tensor, Tensor]:
+    """deterministic_topk of every row, ranking only the k best groups of columns per row.
+
+    The k groups with the highest maxima hold every candidate scoring above the (k+1)-th group maximum g; if
+    the k-th value found there is > g, nothing outside can enter the top k (it scores <= g), so the result is
+    exact. Rows where it is not (ties at g: rare outside tie-heavy data) are ranked over their full row.
+    """
+    gv, gi = sb.group_max().topk(k + 1, dim=1)
+    gi = gi[:, :k].sort(dim=1).values  # ascending groups -> candidate columns ascending, so ties keep index order
+    cand, cols = sb.groups(torch.arange(gi.shape[0], device=gi.device), gi)
+    pos, vals = deterministic_topk(cand, k)
+    idx = cols.gather(1, pos)
+    redo = (vals[:, -1] <= gv[:, k]).nonzero().flatten()
+    if redo.numel():
+        idx[redo], vals[redo] = deterministic_topk(sb.rows(redo), k)
+    return idx, vals
+
+
+def _topk(sb: _ScoreBlock, k: int) -> tuple[Tensor, Tensor]:
+    if 4 * k * sb.group > sb.n:  # the pre-selection would not shrink the work
+        return deterministic_topk(sb.rows(torch.arange(sb.s.shape[1], device=sb.s.device)), k)
+    return _preselect_topk(sb, k)
+
+
+def _best_relevant(sb: _ScoreBlock, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: best relevant score s*, its candidate r* (lowest index among equals), whether any is relevant."""
+    b = sb.s.shape[1]
+    vals = sb.at(rows, cols)
+    best = torch.full((b,), float("-inf"), device=vals.device).scatter_reduce(0, rows, vals, "amax")
+    at = vals == best[rows]
+    r_star = torch.full((b,), sb.n, dtype=torch.long, device=vals.device)
+    r_star = r_star.scatter_reduce(0, rows[at], cols[at], "amin")
+    return best, r_star, torch.bincount(rows, minlength=b) > 0
+
+
+def first_relevant_rank(sb: _ScoreBlock, top: tuple[Tensor, Tensor], rows: Tensor, cols: Tensor) -> Tensor:
     """1-based rank of the best-ranked relevant candidate per row, under (score desc, index asc); -1 if none.
 
     Relevance comes sparse: the (row, col) positions of the relevant pairs (duplicates allowed). The best
-    relevant candidate r* is the highest-scoring relevant one, lowest index among equals. Its rank is
-    1 + #(score > s*) + #(score == s* and index < r*); the second group holds only irrelevant candidates,
-    because r* is the lowest-index relevant candidate at s*, and it is non-empty only where s* is tied, so the
-    index comparison runs on those rows alone. Cost: two linear passes over the row block.
+    relevant candidate r* (score s*) is the highest-scoring relevant one, lowest index among equals; its rank
+    is 1 + #(score > s*) + #(score == s* and index < r*). Where r* is in the row's top k, that count is read
+    off the top-k list; only the other rows are counted over all N candidates.
     """
-    b, n = scores.shape
-    vals = scores[rows, cols]
-    best = torch.full((b,), float("-inf"), device=scores.device, dtype=scores.dtype)
-    best = best.scatter_reduce(0, rows, vals, "amax")
-    has = torch.bincount(rows, minlength=b) > 0
-    bcol = best.unsqueeze(1)
-    # bool .sum with an int32 accumulator is ~4x faster than the default int64 one on CPU
-    rank = 1 + (scores > bcol).sum(1, dtype=torch.int32).long()
-    tied = (((scores == bcol).sum(1, dtype=torch.int32) > 1) & has).nonzero().flatten()
-    if tied.numel():
-        at = vals == best[rows]
-        r_star = torch.full((b,), n, dtype=torch.long, device=scores.device)
-        r_star = r_star.scatter_reduce(0, rows[at], cols[at], "amin")
-        at_best = scores[tied] == bcol[tied]
-        idx = torch.arange(n, device=scores.device).unsqueeze(0)
-        rank[tied] += (at_best & (idx < r_star[tied].unsqueeze(1))).sum(1)
+    best, r_star, has = _best_relevant(sb, rows, cols)
+    top_i, top_v = top
+    s, r = best.unsqueeze(1), r_star.unsqueeze(1)
+    if top_v.shape[1]:
+        inside = (top_v[:, -1] < best) | ((top_v[:, -1] == best) & (top_i[:, -1] >= r_star))
+    else:  # no candidates at all
+        inside = torch.zeros_like(has)
+    rank = 1 + ((top_v > s) | ((top_v == s) & (top_i < r))).sum(1)
+    miss = (has & ~inside).nonzero().flatten()
+    if miss.numel():
+        rank[miss] = _count_rank(sb, miss, best[miss], r_star[miss])
     return torch.where(has, rank, torch.full_like(rank, -1))
+
+
+# a miss whose relevant score is exceeded in at most this many groups is counted there, not over its full row
+_NEAR_GROUPS = 256
+
+
+def _count_rank(sb: _ScoreBlock, rows: Tensor, best: Tensor, r_star: Tensor) -> Tensor:
+    """1 + #(score > s*) + #(score == s* and index < r*) for the given rows. Only groups whose maximum is >= s*
+    can add to it: where the pre-selection's group maxima show few such groups (a near miss), those groups are
+    counted; other rows over all N candidates, in their tiles (the -inf padding never counts)."""
+    rank = torch.empty_like(rows)
+    near = torch.zeros_like(rows, dtype=torch.bool)
+    if sb.gmax is not None:
+        gm = sb.gmax[rows]
+        m = min(_NEAR_GROUPS, gm.shape[1])
+        near = (gm >= best.unsqueeze(1)).sum(1) <= m  # then the m highest groups hold all of them
+        ni = near.nonzero().flatten()
+        if ni.numel():
+            vals, cols = sb.groups(rows[ni], gm[ni].topk(m, dim=1).indices)
+            b, r = best[ni].unsqueeze(1), r_star[ni].unsqueeze(1)
+            rank[ni] = 1 + ((vals > b) | ((vals == b) & (cols < r))).sum(1)
+    far = (~near).nonzero().flatten()
+    if far.numel():
+        rank[far] = _count_rank_full(sb, rows[far], best[far], r_star[far])
+    return rank
+
+
+def _count_rank_full(sb: _ScoreBlock, rows: Tensor, best: Tensor, r_star: Tensor) -> Tensor:
+    """The count over all N candidates, tile by tile: each tile's slice of the rows is copied and compared while
+    it is in cache (one copy of all the rows first would cost more than the counting)."""
+    bcol = best.unsqueeze(1)
+    gt = torch.zeros(rows.numel(), dtype=torch.int32, device=rows.device)
+    eq = torch.zeros_like(gt)
+    for tile in sb.s:  # bool .sum with an int32 accumulator: ~4x faster than the default int64 one on CPU
+        x = tile.index_select(0, rows)
+        gt += (x > bcol).sum(1, dtype=torch.int32)
+        eq += (x == bcol).sum(1, dtype=torch.int32)
+    rank = 1 + gt.long()
+    tied = (eq > 1).nonzero().flatten()  # r* itself is one; the others at s* rank first if their index is lower
+    if tied.numel():
+        t = sb.s[:, rows[tied]]
+        nb, _, block = t.shape
+        idx = torch.arange(nb * block, device=t.device).view(nb, 1, block)
+        below = (t == best[tied].view(1, -1, 1)) & (idx < r_star[tied].view(1, -1, 1))
+        rank[tied] += below.sum((0, 2))
+    return rank
+
+
+def _finite(x: Tensor) -> bool:
+    """No NaN/inf in x: a sum first (one cheap pass, non-finite if any entry is), the exact test only then."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
+def _tiles(cand: Tensor, block: int) -> list[Tensor]:
+    """Candidates N x d as tiles of `block` rows: views, and a zero-padded copy of the last partial one (its
+    padded scores are set to -inf)."""
+    n, d = cand.shape
+    tiles = list(cand[: n - n % block].view(-1, block, d)) if n >= block else []
+    if n % block or not tiles:
+        tiles.append(torch.cat([cand[n - n % block:], cand.new_zeros(block - n % block, d)]))
+    return tiles
 
 
 def chunked_rank(
@@ -126,11 +277,12 @@ def chunked_rank(
     chunk_size: int | None = None,
     memory_budget_bytes: int | None = None,
     device: torch.device | str | None = None,
+    tiling: Tiling = Tiling(),
 ) -> RankResult:
     """Score Q queries against N candidates (dot product in fp32: pass L2-normalised embeddings for cosine).
 
-    For each query chunk: similarity chunk x N, deterministic top-k, and (if `relevance` is given) the rank of
-    the first relevant candidate. Results come back on the CPU.
+    For each query chunk: similarity chunk x N (in tiles), deterministic top-k, and (if `relevance` is given)
+    the rank of the first relevant candidate. Results come back on the CPU.
     """
     if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
         raise ValueError(
@@ -138,27 +290,30 @@ def chunked_rank(
         )
     dev = torch.device(device) if device is not None else default_device()
     cand = candidates.to(dev, torch.float32)
-    if not torch.isfinite(cand).all() or not torch.isfinite(queries).all():
+    if not (_finite(cand) and _finite(queries)):
         raise ValueError("embeddings contain NaN/inf: the model produced non-finite features")
     q_total, n = queries.shape[0], cand.shape[0]
     k = min(k, n)
     chunk = chunk_size or auto_chunk_size(n, memory_budget_bytes or default_budget(dev), q_total)
+    g = tiling.group
+    # a GPU runs one GEMM over the whole corpus; the CPU one cache-sized tile at a time
+    tiles = _tiles(cand, max(1, -(-n // g)) * g if dev.type == "cuda" else tiling.block)
+    buf = torch.empty(len(tiles), min(chunk, q_total), tiles[0].shape[0], device=dev)
     top_i, top_s, ranks = [], [], []
     for s in range(0, q_total, chunk):
         e = min(q_total, s + chunk)
-        sims = queries[s:e].to(dev, torch.float32) @ cand.T
-        i, v = deterministic_topk(sims, k)
+        sb = _ScoreBlock(queries[s:e].to(dev, torch.float32), tiles, n, buf, g)
+        i, v = _topk(sb, k) if k else deterministic_topk(sb.s.new_empty(e - s, n), 0)
         top_i.append(i.cpu())
         top_s.append(v.cpu())
         if relevance is not None:
             rel = relevance(s, e, dev)
             if isinstance(rel, Tensor):  # dense bool mask -> sparse positions
-                if rel.shape != sims.shape:
-                    raise ValueError(f"relevance mask {tuple(rel.shape)} for queries {s}:{e} != {tuple(sims.shape)}")
+                if rel.shape != (e - s, n):
+                    raise ValueError(f"relevance mask {tuple(rel.shape)} for queries {s}:{e} != {(e - s, n)}")
                 rel = rel.to(dev, torch.bool).nonzero(as_tuple=True)
             rows, cols = (t.to(dev, torch.long) for t in rel)
-            ranks.append(first_relevant_rank(sims, rows, cols).cpu())
-        del sims
+            ranks.append(first_relevant_rank(sb, (i, v), rows, cols).cpu())
     empty_i = torch.empty(0, k, dtype=torch.long)
     return RankResult(
         topk_indices=torch.cat(top_i) if top_i else empty_i,
