@@ -53,9 +53,9 @@ def test_ids_valid_deterministic_and_no_decoding(corpora, fmt, monkeypatch):
 
 
 def test_get_source_unknown():
-    with pytest.raises(SourceError, match="kagl, deepfashion-mm, imaterialist, folder, csv"):
+    with pytest.raises(SourceError, match="kagl, deepfashion-mm, imaterialist, folder, csv, fashion-mnist"):
         get_source("kaggle")
-    assert set(SOURCES) == {"kagl", "deepfashion-mm", "imaterialist", "folder", "csv"}
+    assert set(SOURCES) == {"kagl", "deepfashion-mm", "imaterialist", "folder", "csv", "fashion-mnist"}
 
 
 # ------------------------------------------------------------------------------------------------- kagl
