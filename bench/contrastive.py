@@ -11,8 +11,8 @@ Each objective trains the same initial tiny ViT CLIP (ft-tiny-vit, 32 px, random
 and batches; then every view of the held-out products is embedded and scored over the full corpus with the
 training eval's metrics (tasks/metrics.retrieval: hit rate, a hit = any view / caption of the same product):
 Hit@1 and Hit@10, both directions averaged. Printed: mean ± std over seeds per objective, and the paired
-difference to clip. A second corpus with one view per product (distinct captions, as many training images,
-the same test products) is the control where the objectives are the same loss and must tie.
+difference to clip. A second corpus with one view per product (distinct captions, as many training images
+as products allow: 448 by default; the same test products) is the control where the objectives are the same loss and must tie.
 
     python bench/contrastive.py [--seeds 3] [--steps 60] [--batch 32] [--views 8] [--products 96]
                                 [--test-products 64] [--buffer 16] [--lr 1e-3] [--only TEXT] [--json out.json]
@@ -150,7 +150,7 @@ def main() -> None:
     p.add_argument("--json", default="")
     a = p.parse_args()
     result = {"args": vars(a)}
-    one_view_products = min(a.products * a.views, len(NAMES) ** 3 - a.test_products)  # as many training images
+    one_view_products = min(a.products * a.views, len(NAMES) ** 3 - a.test_products)  # images, up to all products left
     corpora = {"multi-view, one caption": (a.views, a.products, False),
                "multi-view, paraphrased captions": (a.views, a.products, True),
                "one view": (1, one_view_products, False)}
