@@ -11,8 +11,9 @@ Each objective trains the same initial tiny ViT CLIP (ft-tiny-vit, 32 px, random
 and batches; then every view of the held-out products is embedded and scored over the full corpus with the
 training eval's metrics (tasks/metrics.retrieval: hit rate, a hit = any view / caption of the same product):
 Hit@1 and Hit@10, both directions averaged. Printed: mean ± std over seeds per objective, and the paired
-difference to clip. A second corpus with one view per product (distinct captions, as many training images
-as products allow: 448 by default; the same test products) is the control where the objectives are the same loss and must tie.
+difference to clip. Controls: the one-caption corpus, and a corpus with one view per product (distinct
+captions; as many training images as products allow, 448 by default; the same test products), where the
+objectives are the same loss and must tie.
 
     python bench/contrastive.py [--seeds 3] [--steps 60] [--batch 32] [--views 8] [--products 96]
                                 [--test-products 64] [--buffer 16] [--lr 1e-3] [--only TEXT] [--json out.json]

@@ -73,4 +73,4 @@ def test_distributed_objectives_equal_the_big_batch_gradient(tmp_path):
         ref = _grads(task)
         assert got[key].keys() == ref.keys() and len(ref) > 20
         for n in ref:
-            torch.testing.assert_close(got[key][n], ref[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{key} {n}: {m}")
+            torch.testing.assert_close(got[key][n], ref[n], rtol=1e-4, atol=1e-6, msg=lambda m, k=key, n=n: f"{k} {n}: {m}")

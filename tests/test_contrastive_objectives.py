@@ -18,7 +18,7 @@ import pytest
 import torch
 from open_clip import ClipLoss
 from test_tasks_learning import fit, held_out, tiny
-from test_tasks_synthetic import NAMES, batch, manifest
+from test_tasks_synthetic import batch, manifest
 
 from fashiontune.config import ConfigError, load_config
 from fashiontune.tasks import ContrastiveConfig, PromptConfig, TaskConfig, TaskName, build_task
@@ -31,8 +31,8 @@ from fashiontune.train.step import forward_backward
 
 def _feats(n: int, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    f = lambda: torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)  # noqa: E731
-    return f(), f()
+    img, txt = (torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1) for _ in range(2))
+    return img, txt
 
 
 def _brute(img, txt, scale, groups, texts, form: str, use_text: bool) -> float:
@@ -113,7 +113,7 @@ def test_feature_cache_accumulation_is_the_big_batch_gradient(ccfg):
     if ccfg.loss == "siglip":
         assert "bias" in out[1]  # the SigLIP logit bias trains
     for n in out[1]:
-        torch.testing.assert_close(out[3][n], out[1][n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(out[3][n], out[1][n], rtol=1e-4, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_config_refuses_what_is_not_built():

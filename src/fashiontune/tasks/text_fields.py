@@ -51,9 +51,11 @@ class TextFields:
                 out.append(self._value(batch, CAPTION, i))
                 continue
             u = _unit(epoch, str(key)) * sum(s.weight for s, _ in options)
+            spec, value = options[-1]  # (float rounding can leave u just above the last weight)
             for s, v in options:
                 u -= s.weight
                 if u < 0:
+                    spec, value = s, v
                     break
-            out.append(format_prompt(s.template, v))
+            out.append(format_prompt(spec.template, value))
         return out
