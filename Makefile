@@ -38,6 +38,7 @@ bench: setup
 	$(PY) bench/train.py
 	$(PY) bench/eval.py
 	$(PY) bench/serve.py
+	$(PY) bench/contrastive.py
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then $(PY) bench/fmnist.py; else echo "bench/fmnist.py skipped: make fmnist (root) installs the dataset"; fi
 
 # Debian's dataset-fashion-mnist (~30 MB): /usr/share/datasets/fashion-mnist/{train,t10k}-*-ubyte.gz

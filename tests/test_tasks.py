@@ -297,11 +297,12 @@ def test_task_yamls_load_and_build():
     for f in files:
         cfg = load_config(TaskConfig, f)
         names = list(cfg.fields) or [cfg.field]
+        texts = [t.field for t in cfg.contrastive.text_fields if t.field != "caption"]  # multi-field contrastive
         multi = cfg.name == TaskName.multilabel
         m = {"source": "synthetic", "splits": {"train": {"count": 10}},
-             "labels": {n: {"multi": multi, "vocab": ["a_b", "c"], "counts": {"a_b": 4, "c": 6}} for n in names}}
+             "labels": {n: {"multi": multi, "vocab": ["a_b", "c"], "counts": {"a_b": 4, "c": 6}} for n in names + texts}}
         task = build_task(cfg, tiny(), m)  # every shipped task config builds against shards with its fields
-        assert task.fields == ([] if cfg.name == TaskName.contrastive else names), f
+        assert task.fields == (texts if cfg.name == TaskName.contrastive else names), f
 
 
 def test_metrics():

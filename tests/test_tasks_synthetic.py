@@ -59,7 +59,8 @@ def batch(b: int = 16, size: int = 32, seed: int = 0, tokenizer=None, missing: f
         "group_id": [f"g{int(t)}{int(s)}" for t, s in zip(top, bottom)],
     }
     if tokenizer is not None:
-        out["text"] = tokenizer([f"a {NAMES[int(t)]} and {NAMES[int(s)]} item" for t, s in zip(top, bottom)])
+        out["caption"] = [f"a {NAMES[int(t)]} and {NAMES[int(s)]} item" for t, s in zip(top, bottom)]
+        out["text"] = tokenizer(out["caption"])
     return out
 
 

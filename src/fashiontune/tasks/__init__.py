@@ -30,7 +30,7 @@ from .heads import HeadsTask
 def build_task(cfg: TaskConfig, loaded: LoadedModel, manifest: dict, rank: int = 0, world_size: int = 1) -> Task:
     name = TaskName(cfg.name)
     if name == TaskName.contrastive:
-        return ContrastiveTask(cfg, loaded, rank, world_size)
+        return ContrastiveTask(cfg, loaded, rank, world_size, manifest)
     builders = {
         TaskName.classify: classify.build,
         TaskName.labeltext: labeltext.build,

@@ -41,6 +41,22 @@ class TextMode(str, enum.Enum):
     tower = "tower"  # the text tower itself trains; prompts are re-encoded every step
 
 
+class ContrastiveLoss(str, enum.Enum):
+    clip = "clip"  # open_clip ClipLoss: softmax over the batch (symmetric cross-entropy)
+    siglip = "siglip"  # open_clip SigLipLoss: a sigmoid per pair, with a trained logit bias
+
+
+class Positives(str, enum.Enum):
+    pair = "pair"  # only an item's own caption is positive (plain CLIP)
+    group = "group"  # items sharing group_id (views of one product) are positives, not negatives
+    group_or_caption = "group_or_caption"  # ... or items whose (drawn) text is identical
+
+
+class GroupLoss(str, enum.Enum):
+    supcon = "supcon"  # multi-positive: every positive is a target (SupCon-style mean of log-probabilities)
+    mask = "mask"  # the own pair is the target; the other positives are dropped from the negatives
+
+
 class MultiLabelLoss(str, enum.Enum):
     bce = "bce"  # BCEWithLogits, optional pos_weight from the manifest's label counts
     focal = "focal"  # torchvision.ops.sigmoid_focal_loss
@@ -65,7 +81,19 @@ class PromptConfig:
 
 
 @dataclass
+class TextFieldConfig:
+    field: str = "caption"  # "caption" (the sample's text) or a label field of the manifest
+    template: str = "{label}"  # prompt dialect of models/prompts.py: {label} = the value (multi-label: joined)
+    weight: float = 1.0  # relative chance that this field is drawn as the sample's text
+
+
+@dataclass
 class ContrastiveConfig:
+    loss: ContrastiveLoss = ContrastiveLoss.clip
+    positives: Positives = Positives.pair
+    group_loss: GroupLoss = GroupLoss.supcon  # how positives other than the own pair count (positives != pair)
+    text_fields: List[TextFieldConfig] = _field(default_factory=list)  # [] = the caption
+    init_logit_bias: float = -10.0  # siglip, when the model has no logit_bias of its own (SigLIP paper's value)
     local_loss: bool = True  # each rank scores its own rows against all columns (open_clip ClipLoss)
     gather_with_grad: bool = True  # required for correct gradients across ranks
     lock_text: bool = False  # freeze the text tower
@@ -122,6 +150,7 @@ class TaskConfig:
                 "give at least one template such as 'a photo of a {label}.', or name a template_set")
         for i, t in enumerate(p.templates):
             require(template_ok(t), source, f"task.prompts.templates[{i}]", t, TEMPLATE_HELP)
+        self._validate_contrastive(source)
         m = self.multilabel
         require(m.max_pos_weight >= 1, source, "task.multilabel.max_pos_weight", m.max_pos_weight, "set a value >= 1")
         require(m.focal_alpha < 0 or 0 <= m.focal_alpha <= 1, source, "task.multilabel.focal_alpha", m.focal_alpha,
@@ -132,4 +161,15 @@ class TaskConfig:
                 f"use one of {', '.join(TUNE_METRICS)}")
         return self
 
+    def _validate_contrastive(self, source: str) -> None:
+        from fashiontune.config import require
 
+        c = self.contrastive
+        require(not (ContrastiveLoss(c.loss) == ContrastiveLoss.siglip and Positives(c.positives) != Positives.pair),
+                source, "task.contrastive.positives", c.positives,
+                "use 'pair' with loss 'siglip' (same-product positives are implemented for loss 'clip')")
+        for i, f in enumerate(c.text_fields):
+            key = f"task.contrastive.text_fields[{i}]"
+            require(bool(f.field), source, f"{key}.field", f.field, "name 'caption' or a label field of the manifest")
+            require(template_ok(f.template), source, f"{key}.template", f.template, TEMPLATE_HELP)
+            require(f.weight > 0, source, f"{key}.weight", f.weight, "set a weight > 0")
