@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -240,3 +241,25 @@ def test_cli_errors_are_one_line_naming_the_fix(served, tmp_path, capsys):
     assert "one or two indexes" in capsys.readouterr().err
     assert main(["index", "build", "--shards", str(served[0])]) == 2
     assert "out='' is invalid: set the index directory" in capsys.readouterr().err
+
+
+def test_batched_text_search_equals_one_query_at_a_time(served):
+    from fashiontune.serve.catalogue import Catalogue
+
+    cat = Catalogue(served[3])
+    texts = ["red", "a blue shirt", "green", "red dress", "a photo"]
+    ks = [1, 3, 5, 2, 4]
+    batched = cat._search_texts(list(zip(texts, ks)))
+    for t, k, got in zip(texts, ks, batched):
+        want = cat.search(cat.text_query(t), k)
+        assert [h.pos for h in got] == [h.pos for h in want]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=1e-5, atol=1e-6)
+    assert [len(h) for h in batched] == [min(k, len(cat)) for k in ks]
+    threads_out: dict[int, list] = {}
+    ts = [threading.Thread(target=lambda i=i: threads_out.__setitem__(i, cat.search_text(texts[i], ks[i])))
+          for i in range(len(texts))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    assert {i: [h.pos for h in v] for i, v in threads_out.items()} == {i: [h.pos for h in v] for i, v in enumerate(batched)}

@@ -119,7 +119,7 @@ def embed_range(loaded, shards, start, end, batch_size, num_workers, device, pre
     """Embed items [start, end) of the split on this rank. Image features stay raw (unnormalised, fp32): exported
     linear heads need them; scoring normalises. Text features are L2-normalised. `uint8=False` ships float
     images from the workers (bench/eval.py --embed compares)."""
-    loaded.model.to(device).eval()
+    for_inference(loaded.model, device)
     has_text = bool(getattr(loaded, "has_text", loaded.tokenizer is not None))
     worker_transform, norm, why = split_transform(loaded.preprocess_val) if uint8 else (loaded.preprocess_val, None, "")
     if norm is None and why:
@@ -180,7 +180,7 @@ def embed_prompts(loaded, class_names: Sequence[str], templates: Sequence[str], 
 
     if not class_names:
         return np.zeros((0, _out_dim(loaded)), np.float32)
-    model = loaded.model.to(device).eval()
+    model = for_inference(loaded.model, device)
     names = [label_text(c) for c in class_names]
     with Precision(precision).autocast(device):
         w = open_clip.build_zero_shot_classifier(model, loaded.tokenizer, names, prompt_makers(templates),
@@ -264,11 +264,21 @@ def load_cache(cache_dir: Path, fingerprint: dict) -> tuple[Corpus | None, str]:
     ), ""
 
 
+def for_inference(model: torch.nn.Module, device) -> torch.nn.Module:
+    """The model on `device` in eval mode, touching it only when it is not already: `.to()` and `.eval()` walk
+    every module, which costs more than the forward itself for a served tiny model's one-query batches."""
+    if next(model.parameters()).device != torch.device(device):
+        model = model.to(device)
+    if model.training:
+        model.eval()
+    return model
+
+
 @torch.no_grad()
 def embed_images(loaded, images: Sequence, device, precision: str) -> np.ndarray:
     """N x d raw image features of PIL RGB images through embed_range's own transform and normalisation, so an
     uploaded copy of a catalogue image gets the features the index holds for it (serve's search and classify)."""
-    loaded.model.to(device).eval()
+    for_inference(loaded.model, device)
     transform, norm, _ = split_transform(loaded.preprocess_val)
     batch = torch.stack([transform(im) for im in images])
     x = norm.apply(batch, device) if norm is not None else batch.to(device)

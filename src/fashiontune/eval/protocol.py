@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashiontune.eval.embed import Corpus
+from fashiontune.eval.embed import Corpus, for_inference
 from fashiontune.metrics.ir import (
     MRR_K,  # the leaderboard's MRR looks at the top 10 only
 )
@@ -178,7 +178,7 @@ def embed_texts(loaded, texts: Sequence[str], device, precision: str, batch_size
     """N x d L2-normalised text-tower embeddings of raw strings (queries are embedded as written: no prompt)."""
     from fashiontune.models.precision import Precision
 
-    model = loaded.model.to(device).eval()
+    model = for_inference(loaded.model, device)
     parts = []
     for s in range(0, len(texts), batch_size):
         tokens = loaded.tokenizer(list(texts[s:s + batch_size])).to(device)

@@ -51,11 +51,11 @@ def create_app(catalogues: Sequence[Catalogue], limits: UploadLimits = UploadLim
         return {"models": [c.describe() for c in catalogues]}
 
     @app.get("/api/search")
-    def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS), k: int = Query(20, ge=1, le=MAX_K),
-               model: int = 0) -> dict:
+    async def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS),
+                     k: int = Query(20, ge=1, le=MAX_K), model: int = 0) -> dict:
         cat = pick(model)
-        try:
-            return results(cat, cat.search(cat.text_query(q), k))
+        try:  # async: the request waits on the text-search batcher's threads, not on a threadpool thread
+            return results(cat, await cat.search_text_async(q, k))
         except UserError as e:
             raise HTTPException(400, str(e)) from e
 

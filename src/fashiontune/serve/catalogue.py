@@ -8,6 +8,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -16,8 +17,11 @@ from fashiontune.errors import UserError
 from fashiontune.index import faiss_index as F
 from fashiontune.index.build import FORMAT
 from fashiontune.index.locate import read_image_bytes
+from fashiontune.serve.batching import Batcher
 
 CPU = torch.device("cpu")  # the app embeds one query at a time: no GPU needed
+TEXT_BATCH = 32  # most queries run in one text-search batch
+BATCH_WORKERS = 2  # batches computed at once: one per core of the 2-core machine it was measured on
 ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale: softmax(100 * cosine) over a field's label prompts
 
 
@@ -47,6 +51,8 @@ class Catalogue:
         self._index = None
         self._model = None  # (LoadedModel, heads or None), built on first query
         self._lock = threading.Lock()  # the model is loaded once; forwards run concurrently (inference only)
+        self._text_batcher = Batcher(self._search_texts, max_batch=TEXT_BATCH, workers=BATCH_WORKERS,
+                                     name=f"text-search-{slot}")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -63,18 +69,44 @@ class Catalogue:
 
     def search(self, query: np.ndarray, k: int, exclude: int = -1) -> list[Hit]:
         """Top-k items for one normalised 1 x d query (inner product = cosine), best first."""
-        k = min(k, len(self))
-        scores, idx = self.index.search(np.ascontiguousarray(query, dtype=np.float32), k + (exclude >= 0))
-        hits = [Hit(int(i), float(s)) for s, i in zip(scores[0], idx[0]) if i >= 0 and i != exclude]
-        return hits[:k]
+        return self.search_many(query, [k], exclude)[0]
+
+    def search_many(self, queries: np.ndarray, ks: Sequence[int], exclude: int = -1) -> list[list[Hit]]:
+        """Top-ks[i] items for each normalised row of `queries`, in one faiss call (it scans the catalogue once
+        for the whole batch)."""
+        kmax = min(max(ks), len(self))
+        scores, idx = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), kmax + (exclude >= 0))
+        out = []
+        for row_s, row_i, k in zip(scores, idx, ks):
+            hits = [Hit(int(i), float(s)) for s, i in zip(row_s, row_i) if i >= 0 and i != exclude]
+            out.append(hits[:k])
+        return out
+
+    def search_text(self, text: str, k: int) -> list[Hit]:
+        """Text search as the app runs it: concurrent requests are encoded and searched together (batching.py)."""
+        self._require_text()
+        return self._text_batcher.submit((text, k))
+
+    async def search_text_async(self, text: str, k: int) -> list[Hit]:
+        self._require_text()
+        return await self._text_batcher.submit_async((text, k))
+
+    def _search_texts(self, batch: Sequence[tuple[str, int]]) -> list[list[Hit]]:
+        return self.search_many(self.text_queries([t for t, _ in batch]), [k for _, k in batch])
 
     def text_query(self, text: str) -> np.ndarray:
+        return self.text_queries([text])
+
+    def text_queries(self, texts: Sequence[str]) -> np.ndarray:
         from fashiontune.eval.protocol import embed_texts
 
         loaded, _ = self.model()
+        self._require_text()
+        return embed_texts(loaded, texts, CPU, self._precision())
+
+    def _require_text(self) -> None:
         if not self.info.get("has_text"):
             raise UserError(f"model {self.info['model']} has no text tower: search by image instead")
-        return embed_texts(loaded, [text], CPU, self._precision())
 
     def image_features(self, image) -> np.ndarray:
         """1 x d raw image features of a PIL RGB image (the index's embedding transform)."""
