@@ -30,6 +30,7 @@ RelevanceFn = Callable[[int, int, torch.device], "Tensor | tuple[Tensor, Tensor]
 
 # bytes per (query, candidate) pair we hold at once: fp32 score + ~4 bool/compare temporaries + slack
 _BYTES_PER_PAIR = 12
+SCREEN_CHUNK = 256  # queries per chunk of the bf16 screen (screen.py)
 
 
 @dataclass
@@ -278,11 +279,13 @@ def chunked_rank(
     memory_budget_bytes: int | None = None,
     device: torch.device | str | None = None,
     tiling: Tiling = Tiling(),
+    screen: bool = True,
 ) -> RankResult:
     """Score Q queries against N candidates (dot product in fp32: pass L2-normalised embeddings for cosine).
 
     For each query chunk: similarity chunk x N (in tiles), deterministic top-k, and (if `relevance` is given)
-    the rank of the first relevant candidate. Results come back on the CPU.
+    the rank of the first relevant candidate. Results come back on the CPU. On a CPU with native bf16 the top k
+    is found by a proven bf16 screen and fp32 rescoring (screen.py; same results); screen=False forces fp32.
     """
     if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
         raise ValueError(
@@ -295,28 +298,60 @@ def chunked_rank(
     q_total, n = queries.shape[0], cand.shape[0]
     k = min(k, n)
     chunk = chunk_size or auto_chunk_size(n, memory_budget_bytes or default_budget(dev), q_total)
-    g = tiling.group
-    # a GPU runs one GEMM over the whole corpus; the CPU one cache-sized tile at a time
-    tiles = _tiles(cand, max(1, -(-n // g)) * g if dev.type == "cuda" else tiling.block)
-    buf = torch.empty(len(tiles), min(chunk, q_total), tiles[0].shape[0], device=dev)
+    scorer = _Scorer(cand, k, dev, tiling, min(chunk, q_total), screen)
+    if scorer.screen is not None:  # its bf16 block and top-k passes stay in cache with small chunks
+        chunk = min(chunk, SCREEN_CHUNK)
     top_i, top_s, ranks = [], [], []
     for s in range(0, q_total, chunk):
         e = min(q_total, s + chunk)
-        sb = _ScoreBlock(queries[s:e].to(dev, torch.float32), tiles, n, buf, g)
-        i, v = _topk(sb, k) if k else deterministic_topk(sb.s.new_empty(e - s, n), 0)
+        rel = _sparse_relevance(relevance(s, e, dev), s, e, n, dev) if relevance is not None else None
+        i, v, rank = scorer.chunk(queries[s:e].to(dev, torch.float32), rel)
         top_i.append(i.cpu())
         top_s.append(v.cpu())
-        if relevance is not None:
-            rel = relevance(s, e, dev)
-            if isinstance(rel, Tensor):  # dense bool mask -> sparse positions
-                if rel.shape != (e - s, n):
-                    raise ValueError(f"relevance mask {tuple(rel.shape)} for queries {s}:{e} != {(e - s, n)}")
-                rel = rel.to(dev, torch.bool).nonzero(as_tuple=True)
-            rows, cols = (t.to(dev, torch.long) for t in rel)
-            ranks.append(first_relevant_rank(sb, (i, v), rows, cols).cpu())
+        if rank is not None:
+            ranks.append(rank.cpu())
     empty_i = torch.empty(0, k, dtype=torch.long)
     return RankResult(
         topk_indices=torch.cat(top_i) if top_i else empty_i,
         topk_scores=torch.cat(top_s) if top_s else torch.empty(0, k),
         first_rank=(torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)) if relevance else None,
     )
+
+
+def _sparse_relevance(rel, s: int, e: int, n: int, dev: torch.device) -> tuple[Tensor, Tensor]:
+    if isinstance(rel, Tensor):  # dense bool mask -> sparse positions
+        if rel.shape != (e - s, n):
+            raise ValueError(f"relevance mask {tuple(rel.shape)} for queries {s}:{e} != {(e - s, n)}")
+        rel = rel.to(dev, torch.bool).nonzero(as_tuple=True)
+    rows, cols = (t.to(dev, torch.long) for t in rel)
+    return rows, cols
+
+
+class _Scorer:
+    """One query chunk's top k and first-relevant ranks: the bf16 screen where it applies, else the fp32 tiles."""
+
+    def __init__(self, cand: Tensor, k: int, dev: torch.device, tiling: Tiling, max_chunk: int, screen: bool):
+        from fashiontune.metrics import screen as screening
+
+        self.cand, self.k, self.n, self.g = cand, k, cand.shape[0], tiling.group
+        self.screen = screening.prepare(cand, k) if screen else None
+        # a GPU runs one GEMM over the whole corpus; the CPU one cache-sized tile at a time
+        self.tiles = _tiles(cand, max(1, -(-self.n // self.g)) * self.g if dev.type == "cuda" else tiling.block)
+        self.max_chunk, self._buf = max_chunk, None
+
+    def _block(self, q: Tensor) -> _ScoreBlock:
+        if self._buf is None:  # allocated once, on first fp32 use
+            self._buf = torch.empty(len(self.tiles), self.max_chunk, self.tiles[0].shape[0], device=q.device)
+        return _ScoreBlock(q, self.tiles, self.n, self._buf, self.g)
+
+    def chunk(self, q: Tensor, rel: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        from fashiontune.metrics.screen import ScreenedChunk
+
+        if self.screen is not None:
+            sc = ScreenedChunk(self.screen, q)
+            top = sc.topk(self.k)
+            if top is not None:
+                return *top, (sc.first_rank(top, *rel) if rel is not None else None)
+        sb = self._block(q)
+        top = _topk(sb, self.k) if self.k else deterministic_topk(sb.s.new_empty(q.shape[0], self.n), 0)
+        return *top, (first_relevant_rank(sb, top, *rel) if rel is not None else None)
