@@ -3,8 +3,10 @@
 Peers, each on the same embeddings: faiss-cpu `IndexFlatIP.search` (exact top-50 by BLAS sgemm + heap, what a
 user reaches for; its threads set like ours) and open_clip's get_clip_metrics (N x N similarity, argsort every
 row, find the ground truth). Ours returns more than faiss: top-50 AND every query's first-relevant rank (for
-MRR and mean/median rank); faiss returns the top-50 only. faiss and ours score the same query set, so
-`vs_faiss` = faiss seconds / ours (>= 1: ours is at least as fast).
+MRR and mean/median rank); faiss returns the top-50 only. On a CPU with native bf16 (AVX512-BF16/AMX) and
+d >= 256 ours screens every candidate with a bf16 GEMM under a proven error bound and rescores the few that can
+matter in fp32 (fashiontune/metrics/screen.py): the same results; `--no-screen` times the fp32 kernel alone.
+faiss and ours score the same query set, so `vs_faiss` = faiss seconds / ours (>= 1: ours is at least as fast).
 
 Each (method, N) runs in a fresh subprocess, so peak memory is that process's high-water mark (VmHWM) minus
 its resident size just before scoring (embeddings already built). The full matrix needs ~13 N^2 bytes
@@ -89,7 +91,8 @@ def _prepare(method: str, txt, img, threads: int, device: str, chunk_mb: int):
         rel = PairRelevance(ids, ids)  # single positive: the paired image
 
         def run() -> float:
-            res = chunked_rank(txt, img, 50, rel, memory_budget_bytes=chunk_mb << 20, device=device)
+            res = chunked_rank(txt, img, 50, rel, memory_budget_bytes=chunk_mb << 20, device=device,
+                               screen=method != "chunked-fp32")
             return rank_metrics(res.first_rank, (1,))["R@1"]
     return run
 
@@ -182,7 +185,7 @@ def _table_row(args, n: int) -> dict:
     need = FULL_BYTES_PER_PAIR * n * n + 2 * n * args.dim * 4
     full = best_child(args, "full", n, 0) if need <= args.budget_gb * 2**30 else None
     q = 0 if full is not None else args.max_queries  # where the full matrix runs, score the same full query set
-    ours = best_child(args, "chunked", n, q)
+    ours = best_child(args, "chunked" if args.screen else "chunked-fp32", n, q)
     fai = best_child(args, "faiss", n, q) if args.faiss else None
     scale = n / ours["queries"]
     row = {"n": n, "queries": ours["queries"], "ours": ours, "faiss": fai, "full": full}
@@ -224,6 +227,8 @@ def main() -> int:
     p.add_argument("--model", default="ViT-B-32", help="--embed: open_clip model (random init)")
     p.add_argument("--out", default="", help="--embed: where the synthetic shards go (default: a temp dir)")
     p.add_argument("--repeats", type=int, default=1, help="best of N runs per method (the machine may be shared)")
+    p.add_argument("--no-screen", dest="screen", action="store_false",
+                   help="ours without the bf16 screen (the fp32 tiled kernel alone)")
     p.add_argument("--no-faiss", dest="faiss", action="store_false", help="skip the faiss column (no faiss-cpu)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
