@@ -64,8 +64,12 @@ def assert_matches_float64(res, x, c, relevant, k, tol=2e-6):
         assert abs(int(res.first_rank[r]) - int(want[r])) < near, (r, int(res.first_rank[r]), int(want[r]))
 
 
+@pytest.mark.parametrize("via", ["groups", "topk"])
 @pytest.mark.parametrize("k", [1, 10, 40])
-def test_screened_topk_and_ranks_equal_a_float64_sort(open_gates, k):
+def test_screened_topk_and_ranks_equal_a_float64_sort(open_gates, monkeypatch, k, via):
+    """Both ways of finding a row's candidates: group maxima (the fast one) and a topk pass (rows with tau <= 0)."""
+    if via == "topk":
+        monkeypatch.setattr(screen.ScreenedChunk, "_candidates_by_groups", lambda self, k: (None, None))
     x, c, relevant = random_case(4000, 300, 64, seed=k)
     res = chunked_rank(x, c, k, lambda s, e, dev: torch.from_numpy(relevant[s:e]), chunk_size=64, device="cpu")
     assert open_gates["screened"] == 5 and open_gates["fallback"] == 0
@@ -75,11 +79,26 @@ def test_screened_topk_and_ranks_equal_a_float64_sort(open_gates, k):
 
 
 def test_a_kept_set_cut_short_gets_a_second_pass_and_unnormalised_inputs_use_their_norms(open_gates, monkeypatch):
+    monkeypatch.setattr(screen.ScreenedChunk, "_candidates_by_groups", lambda self, k: (None, None))
     monkeypatch.setattr(screen, "KEEP_FACTOR", 1)  # the first pass keeps only k: every row is cut short
     x, c, relevant = random_case(2000, 100, 48, seed=5, scale_spread=True)
     res = chunked_rank(x, c, 12, lambda s, e, dev: torch.from_numpy(relevant[s:e]), chunk_size=50, device="cpu")
     assert open_gates["screened"] == 2
     assert_matches_float64(res, x, c, relevant, 12)
+
+
+def test_rows_whose_threshold_is_not_positive_take_the_topk_way(open_gates, monkeypatch):
+    """Queries pointing away from every candidate: the top scores are negative, group maxima cannot be used."""
+    taken = []
+    real = screen.ScreenedChunk._candidates
+    monkeypatch.setattr(screen.ScreenedChunk, "_candidates", lambda self, k: taken.append(k) or real(self, k))
+    g = torch.Generator().manual_seed(3)
+    c = torch.rand(3000, 32, generator=g) + 0.1  # all positive entries
+    x = -torch.rand(50, 32, generator=g)  # all negative: every score < 0
+    relevant = np.random.default_rng(3).random((50, 3000)) < 0.01
+    res = chunked_rank(x, c, 7, lambda s, e, dev: torch.from_numpy(relevant[s:e]), chunk_size=25, device="cpu")
+    assert open_gates["screened"] == 2 and taken == [7, 7]
+    assert_matches_float64(res, x, c, relevant, 7)
 
 
 def test_a_screen_that_keeps_too_much_falls_back_to_fp32(open_gates, monkeypatch):

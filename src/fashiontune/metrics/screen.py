@@ -33,6 +33,7 @@ MIN_CANDIDATES = 4096  # below this the fp32 kernel is as fast: nothing to scree
 MIN_DIM = 256  # narrower embeddings (the tiny test models' 64) make the GEMM cheap: the passes after it dominate
 KEEP_FACTOR = 4  # first guess of the rescored candidates per row: KEEP_FACTOR * k (enough for most rows)
 MAX_KEEP_SHARE = 0.05  # a chunk whose screen keeps more than this share of N is scored in fp32 instead
+GROUP = 32  # columns per group of the candidate pre-selection (group maxima)
 
 
 @functools.cache
@@ -49,7 +50,7 @@ def cpu_has_native_bf16() -> bool:
 @dataclass
 class Screen:
     cand: Tensor  # N x d fp32, the candidates
-    hi: Tensor  # N x d bf16, the candidates rounded
+    hi: Tensor  # N' x d bf16, the candidates rounded, zero rows up to a multiple of GROUP (their scores are 0)
     c_max: float  # max |c|, |c_hi|, |c_lo| over candidates
     hi_max: float
     lo_max: float
@@ -71,18 +72,19 @@ def prepare(cand: Tensor, k: int) -> Screen | None:
     if not cpu_has_native_bf16():
         return None
     cand = cand.contiguous()
-    hi = cand.to(torch.bfloat16)
-    hi_f = hi.float()
-    scr = Screen(cand, hi, float(cand.norm(dim=1).max()), float(hi_f.norm(dim=1).max()),
-                 float((cand - hi_f).norm(dim=1).max()))
+    hi = torch.zeros(n + (-n % GROUP), cand.shape[1], dtype=torch.bfloat16)  # zero rows up to a whole group
+    hi[:n] = cand
+    c_max, lo_max = float(cand.norm(dim=1).max()), float((cand - hi[:n].float()).norm(dim=1).max())
+    scr = Screen(cand, hi, c_max, c_max + lo_max, lo_max)  # |c_hi| <= |c| + |c_lo|
     return scr if _bound_holds(scr) else None
 
 
 def _bound_holds(scr: Screen) -> bool:
     """The bound on a sample: 64 candidates as queries against 2048 candidates, bf16 vs fp32."""
-    q, c = scr.cand[:64], scr.cand[:2048]
+    m = min(2048, scr.cand.shape[0])
+    q, c = scr.cand[:64], scr.cand[:m]
     q_hi = q.to(torch.bfloat16)
-    approx = torch.mm(q_hi, scr.hi[:2048].T).float()
+    approx = torch.mm(q_hi, scr.hi[:m].T).float()
     exact = q @ c.T
     return bool(((approx - exact).abs() <= scr.bound(q, q_hi)[:, None] + B * approx.abs()).all())
 
@@ -133,7 +135,8 @@ class ScreenedChunk:
     def __init__(self, scr: Screen, q: Tensor):
         self.scr, self.q = scr, q.contiguous()
         q_hi = q.to(torch.bfloat16)
-        self.s = torch.mm(q_hi, scr.hi.T)  # chunk x N bf16
+        self.padded = torch.mm(q_hi, scr.hi.T)  # chunk x N' bf16 (N' = N rounded up to GROUP; pads score 0)
+        self.s = self.padded[:, : scr.cand.shape[0]]  # the real candidates' scores
         self.a = scr.bound(q, q_hi)
 
     def topk(self, k: int) -> tuple[Tensor, Tensor] | None:
@@ -141,12 +144,39 @@ class ScreenedChunk:
         None if the screen keeps too many candidates (score the chunk in fp32 instead)."""
         from fashiontune.metrics.topk import deterministic_topk
 
-        idx, ok = self._candidates(k)
+        idx, ok = self._candidates_by_groups(k)
+        if idx is None:
+            idx, ok = self._candidates(k)
         if idx is None:
             return None
         exact = exact_scores(self.q, self.scr.cand, idx).masked_fill(~ok, float("-inf"))  # >= k valid per row
         pos, top_v = deterministic_topk(exact, k)
         return idx.gather(1, pos), top_v
+
+    def _candidates_by_groups(self, k: int) -> tuple[Tensor | None, Tensor | None]:
+        """_candidates from group maxima: the k-th largest maximum T is <= the k-th largest score (k distinct
+        items reach it), so tau(T) keeps a superset; only groups whose maximum reaches tau are opened. Positive
+        bf16 values order as their int16 bit patterns, so the passes run on integers; rows needing a tau <= 0
+        (hardly any: the top k of thousands scores > 0) go to the topk-based _candidates."""
+        b, n_pad = self.padded.shape
+        if n_pad // GROUP < k:
+            return None, None
+        key = self.padded.view(torch.int16).view(b, -1, GROUP)
+        gmax = key.amax(-1)  # b x groups
+        t_key = gmax.topk(k, dim=1).values[:, -1]
+        if not bool((t_key > 0).all()):
+            return None, None
+        tau = screen_threshold(t_key.view(torch.bfloat16).float(), self.a)
+        tau_key = tau.view(torch.int16)
+        if not bool((tau_key > 0).all()):
+            return None, None
+        gr, gc = (gmax >= tau_key[:, None]).nonzero(as_tuple=True)  # row-major, groups ascending
+        vals = key[gr, gc]  # opened groups x GROUP
+        keep = vals >= tau_key[gr, None]  # zero pads (key 0 < tau_key) never pass
+        if int(keep.sum()) > MAX_KEEP_SHARE * self.s.shape[1] * b:
+            return None, None
+        cols = (gc[:, None] * GROUP + torch.arange(GROUP))[keep]
+        return _padded(gr[:, None].expand_as(keep)[keep], cols, b)
 
     def _candidates(self, k: int) -> tuple[Tensor | None, Tensor]:
         """Per row, ascending, every column whose bf16 score reaches the row's threshold tau (m x width, padded;
