@@ -1,10 +1,13 @@
 """data.max_train_items: a deterministic subset of the train split (nested: a smaller one is inside a larger
-one), optionally class-balanced (data.subset_field), split exactly over ranks, also in resampled epochs.
+one), optionally class-balanced (data.subset_field), split exactly over ranks, also in resampled epochs, and
+read without the rest of the split (an epoch reads the subset's bytes only).
 Cost: ~10 s (shards ~2 s, a few passes over 220 tiny items)."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +15,8 @@ import pytest
 from torchvision import transforms
 
 from fashiontune.config import ConfigError
-from fashiontune.data import DataConfig, make_loader
+from fashiontune.data import DataConfig, make_loader, read_manifest, split_shards
+from fashiontune.data import samples as shard_samples
 from fashiontune.train.testing import build_tiny_shards
 
 TINY = transforms.Compose([transforms.Resize(8), transforms.CenterCrop(8), transforms.ToTensor()])
@@ -65,6 +69,73 @@ def test_resampled_epochs_read_only_the_subset(kagl):
     chosen = set(keys(kagl, max_train_items=30))
     drawn = keys(kagl, max_train_items=30, epoch_mode="resampled", samples_per_epoch=64)
     assert len(drawn) == 64 and set(drawn) <= chosen
+
+
+class ByteCounter:
+    """Counts the bytes read from every file that fashiontune.data.samples opens (the one shard reader)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.bytes = 0
+        monkeypatch.setattr(shard_samples, "open", self.open, raising=False)  # module global shadows the builtin
+
+    def open(self, path, mode="r", *a, **kw):
+        f, counter = open(path, mode, *a, **kw), self  # noqa: SIM115 (closed by Counted.__exit__)
+
+        class Counted:
+            def read(self, n=-1):
+                data = f.read(n)
+                counter.bytes += len(data)
+                return data
+
+            def __getattr__(self, name):
+                return getattr(f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                f.close()
+
+        return Counted()
+
+
+@pytest.mark.parametrize("mode", ["exact", "resampled"])
+def test_epochs_read_only_the_subsets_bytes(kagl, monkeypatch, mode):
+    """Choosing the subset reads the split's tar headers once; each epoch then reads the subset's samples at
+    their byte offsets, not every shard that holds one (which is the whole split: 20 items over 4 shards)."""
+    counter = ByteCounter(monkeypatch)
+    cfg = DataConfig(shards=str(kagl), batch_size=8, workers=0, shuffle_buffer=0, max_train_items=20,
+                     epoch_mode=mode, samples_per_epoch=40 if mode == "resampled" else 0)
+    loader = make_loader(cfg, train=True, transform=TINY, fields=["subCategory"])
+    train = split_shards(read_manifest(kagl), "train", kagl)
+    split_bytes = sum(sh.path.stat().st_size for sh in train)
+    counter.bytes, got = 0, set()
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        got |= {k for b in loader for k in b["key"]}
+    per_epoch = counter.bytes / 3
+    assert len(train) == 4 and (len(got) == 20 if mode == "exact" else 10 <= len(got) <= 20)
+    assert per_epoch < split_bytes / 4, f"an epoch of 20 of {sum(s.count for s in train)} items read " \
+                                        f"{per_epoch:.0f} of the split's {split_bytes} bytes"
+    # exact: exactly the chosen samples' bytes; resampled draws 40 samples (whole shards' subsets, ~5 each)
+    subset = sum(sp.length for sh in loader.shards for sp in sh.spans)
+    assert per_epoch == subset if mode == "exact" else per_epoch <= 3 * subset
+
+
+def test_a_shard_changed_after_the_choice_is_named(kagl, tmp_path):
+    """Spans are checked on read: bytes that no longer hold the chosen sample raise a ShardDataError naming
+    the shard, never a silently different sample."""
+    copy = tmp_path / "kagl"
+    shutil.copytree(kagl, copy)
+    cfg = DataConfig(shards=str(copy), batch_size=8, workers=0, shuffle_buffer=0, max_train_items=20)
+    loader = make_loader(cfg, train=True, transform=TINY, fields=["subCategory"])
+    victim = loader.shards[0]
+    with open(victim.path, "r+b") as f:  # shift the shard's content by one block
+        data = f.read()
+        f.seek(0)
+        f.write(bytes(512) + data)
+    with pytest.raises(shard_samples.ShardDataError, match=re.escape(str(victim.path)) + ".*changed after the subset was chosen"):
+        list(loader)
 
 
 def test_bad_values_name_the_key(kagl):

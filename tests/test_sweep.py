@@ -74,3 +74,10 @@ def test_cluster_flag_runs_the_array_and_its_collect_job(kagl, tmp_path, capsys)
     assert [e["overrides"] for e in entries] == [{"optim.lr": 1e-3}, {"optim.lr": 3e-3}]
     assert all(e["results"]["status"] == "finished" for e in entries)
     assert "2/2 points collected" in capsys.readouterr().out
+
+
+def test_curves_use_a_log_axis_for_sizes_spanning_decades():
+    from fashiontune.curves import log_x
+
+    assert log_x([100, 300, 1000, 3000, 10000]) and log_x(["1e-5", "1e-3"])
+    assert not log_x([1e-3, 3e-3]) and not log_x([0, 0.25, 1]) and not log_x(["a", "b"]) and not log_x([])

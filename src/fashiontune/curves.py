@@ -49,8 +49,15 @@ def _numeric(v: Any) -> float | None:
         return None
 
 
+def log_x(xs: Sequence[Any]) -> bool:
+    """A log x axis for positive numbers spanning two decades or more (data sizes 100..10,000, learning rates)."""
+    vals = [_numeric(x) for x in xs]
+    return bool(vals) and all(v is not None and v > 0 for v in vals) and max(vals) >= 100 * min(vals)
+
+
 def curve_png(series: Mapping[str, Sequence[tuple[Any, float]]], xlabel: str, ylabel: str, path: Path) -> Path:
-    """One line per series of (x, y) points; categorical x values (strings) are placed at 0, 1, 2, ..."""
+    """One line per series of (x, y) points; categorical x values (strings) are placed at 0, 1, 2, ...; a log
+    x axis when the values span two decades (log_x)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     xs_all = [x for pts in series.values() for x, _ in pts]
@@ -62,6 +69,8 @@ def curve_png(series: Mapping[str, Sequence[tuple[Any, float]]], xlabel: str, yl
         ax.plot(xs, [y for _, y in pts], "o-", label=label)
     if ticks:
         ax.set_xticks(range(len(ticks)), ticks)
+    elif log_x(xs_all):
+        ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel} vs {xlabel}")
     if len(series) > 1:
         ax.legend(fontsize=7)

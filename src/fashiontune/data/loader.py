@@ -20,7 +20,7 @@ from fashiontune.data.images import ImageNorm, split_transform
 from fashiontune.data.labels import build_encoders
 from fashiontune.data.manifest import ManifestError, read_manifest, split_shards
 from fashiontune.data.plan import exact_worker_batches, resampled_worker_batches, round_robin_position
-from fashiontune.data.samples import iter_tar
+from fashiontune.data.samples import iter_shard
 from fashiontune.data.stream import Collator, ShardStream, StreamPosition, draft_size, sample_seed
 from fashiontune.data.subset import subset_shards
 from fashiontune.data.workers import plan_workers, resolve_pin_memory, resolve_workers
@@ -152,9 +152,10 @@ class ShardLoader:
         return self._dl
 
     def padding_batch(self) -> dict:
-        """The first samples of the split (manifest order), marked valid=False: what short ranks repeat."""
+        """The first samples of the split (manifest order; of its subset with data.max_train_items), marked
+        valid=False: what short ranks repeat."""
         if self._pad is None:
-            raw = itertools.islice(itertools.chain.from_iterable(iter_tar(s.path) for s in self.shards), self.batch_size)
+            raw = itertools.islice(itertools.chain.from_iterable(iter_shard(s) for s in self.shards), self.batch_size)
             self._pad = self.collate(
                 [self.collate.decode(s, sample_seed(self.cfg.seed, -1, s["__key__"])) for s in raw], valid=False
             )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from fashiontune.data.samples import SampleSpan
 from fashiontune.shards.errors import ManifestError  # one error type for "fix your shard directory"
 from fashiontune.shards.manifest import load_manifest
 
@@ -13,9 +14,9 @@ from fashiontune.shards.manifest import load_manifest
 @dataclass(frozen=True)
 class ShardInfo:
     path: Path
-    count: int  # samples read from this shard (len(keep) for a subset)
-    keep: Optional[frozenset[str]] = None  # a subset (data.max_train_items): only these keys are read
-    full_count: int = 0  # a subset's shard: what manifest.json lists (the count check); 0 = count
+    count: int  # samples read from this shard (len(spans) for a subset)
+    # a subset (data.max_train_items, data/subset.py): only the samples at these byte spans are read
+    spans: Optional[tuple[SampleSpan, ...]] = None
 
 
 def read_manifest(shards_dir: str | Path) -> dict:

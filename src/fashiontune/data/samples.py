@@ -15,7 +15,7 @@ import json
 import struct
 import tarfile
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, NamedTuple, Protocol, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -91,9 +91,89 @@ def iter_tar(path: str | Path) -> Iterator[dict]:
         yield sample
 
 
+class SampleSpan(NamedTuple):
+    """Where one sample lies in its shard: its members are the tar bytes [offset, offset + length)."""
+
+    key: str
+    offset: int
+    length: int
+
+
+def index_tar(path: str | Path, count: int, with_json: bool = False) -> list[tuple[SampleSpan, bytes | None]]:
+    """(span, .json bytes or None) of every sample of one shard, in file order, reading only the tar headers
+    (and, with `with_json`, the small .json members): image bytes are seeked over, never read. The count
+    check of iter_range: the shard must hold exactly `count` samples (what manifest.json lists)."""
+    url, out, cur, member = str(path), [], None, None  # cur: [key, start, end, json] of the sample being read
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for info in tar:
+                kx = _key_ext(info.name) if info.isreg() else None
+                if kx is None:
+                    continue
+                member, (key, ext) = info.name, kx
+                if cur is None or key != cur[0]:
+                    if cur is not None:
+                        out.append(cur)
+                    cur = [key, info.offset, 0, None]  # a pax member's offset is its extended header's
+                cur[2] = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                if with_json and ext == "json":
+                    cur[3] = tar.extractfile(info).read()
+    except FileNotFoundError as e:
+        raise ShardDataError(f"{url}: listed in manifest.json but missing; {fix_hint(url)}.") from e
+    except (tarfile.TarError, EOFError, OSError) as e:
+        at = f"member {member!r}" if member else "its start"
+        raise _error(url, f"the tar is cut short or unreadable after {at} ({type(e).__name__}: {e})") from e
+    if cur is not None:
+        out.append(cur)
+    if len(out) != count:
+        raise _error(url, f"manifest.json says {count} samples, the tar holds {len(out)} (the shards changed "
+                          "after the build)")
+    return [(SampleSpan(k, start, end - start), js) for k, start, end, js in out]
+
+
+def iter_spans(path: str | Path, spans: Sequence[SampleSpan]) -> Iterator[dict]:
+    """The samples at `spans` of one shard (index_tar's), reading only their bytes."""
+    url = str(path)
+    try:
+        with open(path, "rb") as f:
+            for span in spans:
+                f.seek(span.offset)
+                yield _span_sample(f.read(span.length), span, url)
+    except FileNotFoundError as e:
+        raise ShardDataError(f"{url}: listed in manifest.json but missing; {fix_hint(url)}.") from e
+
+
+def _span_sample(data: bytes, span: SampleSpan, url: str) -> dict:
+    sample = {"__key__": span.key, "__url__": url}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
+            for info in tar:
+                kx = _key_ext(info.name) if info.isreg() else None
+                if kx is None:
+                    continue
+                if kx[0] != span.key or kx[1] in sample:
+                    break
+                sample[kx[1]] = tar.extractfile(info).read()
+            else:
+                if len(data) == span.length and len(sample) > 2:
+                    return sample
+    except (tarfile.TarError, EOFError) as e:
+        raise _error(url, f"bytes {span.offset}..{span.offset + span.length} (sample {span.key!r}) are not a "
+                          f"tar sample ({type(e).__name__}: {e}); the shards changed after the subset was "
+                          "chosen: restart the run") from e
+    raise _error(url, f"bytes {span.offset}..{span.offset + span.length} no longer hold sample {span.key!r} "
+                      "alone (the shards changed after the subset was chosen): restart the run")
+
+
 class ShardRef(Protocol):
     path: Path
-    count: int  # samples the manifest lists for this shard
+    count: int  # samples the manifest lists for this shard (a subset's shard: len(spans))
+
+
+def iter_shard(sh: ShardRef) -> Iterator[dict]:
+    """A shard's samples in file order: all of them, or only a subset's (`spans`: data/subset.py)."""
+    spans = getattr(sh, "spans", None)
+    return iter_tar(sh.path) if spans is None else iter_spans(sh.path, spans)
 
 
 def iter_range(shards: Sequence[ShardRef], lo: int, hi: int) -> Iterator[tuple[int, dict]]:
@@ -101,7 +181,8 @@ def iter_range(shards: Sequence[ShardRef], lo: int, hi: int) -> Iterator[tuple[i
     opening only the shards that hold them: the one reader of the training stream and the eval embedder.
 
     The one count check: a shard read to its end must hold exactly the count manifest.json lists for it, and
-    one that holds more is caught as soon as the extra sample is read; either is a ShardDataError naming it."""
+    one that holds more is caught as soon as the extra sample is read; either is a ShardDataError naming it.
+    (A subset's shard is read at its samples' byte spans only; index_tar checked its count when choosing.)"""
     start = 0
     for sh in shards:
         end = start + sh.count
@@ -113,23 +194,24 @@ def iter_range(shards: Sequence[ShardRef], lo: int, hi: int) -> Iterator[tuple[i
 
 
 def _shard_range(sh: ShardRef, start: int, lo: int, hi: int) -> Iterator[tuple[int, dict]]:
-    """Positions start.. of the shard's samples (of its `keep` keys only, for a subset: data/subset.py)."""
-    keep = getattr(sh, "keep", None)
-    total = getattr(sh, "full_count", 0) or sh.count
+    """Positions start.. of the shard's samples."""
+    spans = getattr(sh, "spans", None)
+    if spans is not None:  # a subset: read only the spans this range covers
+        first = max(lo - start, 0)
+        yield from enumerate(iter_spans(sh.path, spans[first:hi - start]), start + first)
+        return
     seen, pos = 0, start - 1
     for seen, sample in enumerate(iter_tar(sh.path), 1):
-        if seen > total:
+        if seen > sh.count:
             break
-        if keep is not None and sample["__key__"] not in keep:
-            continue
         pos += 1
         if pos >= hi:
             return  # stopped inside the shard: the rest is another reader's
         if pos >= lo:
             yield pos, sample
-    if seen != total:
-        holds = "more" if seen > total else str(seen)
-        raise _error(sh.path, f"manifest.json says {total} samples, the tar holds {holds} (the shards changed "
+    if seen != sh.count:
+        holds = "more" if seen > sh.count else str(seen)
+        raise _error(sh.path, f"manifest.json says {sh.count} samples, the tar holds {holds} (the shards changed "
                               "after the build)")
 
 

@@ -25,7 +25,7 @@ from fashiontune.data.images import ImageNorm
 from fashiontune.data.labels import LabelEncoder
 from fashiontune.data.manifest import ShardInfo
 from fashiontune.data.plan import rng_for, shard_order, slot_range
-from fashiontune.data.samples import decode_rgb, iter_range, iter_tar, sample_caption, sample_meta
+from fashiontune.data.samples import decode_rgb, iter_range, iter_shard, sample_caption, sample_meta
 
 
 def sample_seed(seed: int, epoch: int, key: str) -> int:
@@ -155,7 +155,7 @@ class ShardStream(IterableDataset):
         weights = [s.count for s in self.shards]  # a sample, not a shard, is equally likely
         while True:
             shard = rng.choices(self.shards, weights)[0]
-            yield from (s for s in iter_tar(shard.path) if shard.keep is None or s["__key__"] in shard.keep)
+            yield from iter_shard(shard)
 
     def _balanced(self, samples: Iterator[dict], worker: int, epoch: int) -> Iterator[dict]:
         rng = rng_for("balance", self.seed, epoch, self.rank, worker)

@@ -4,7 +4,12 @@ Every item gets a score from a hash of (data.seed, key); the subset is the lowes
 data.subset_field, classes taken in turn (each class's lowest-scored item not yet taken; classes that run out
 drop out), so rare classes are represented as far as they can be. The order is fixed, so a smaller subset is
 always contained in a larger one (a data-efficiency curve adds data, it does not redraw it), and every rank
-computes the same subset on its own. Choosing needs the keys (and labels): one pass over the split's shards.
+computes the same subset on its own.
+
+Choosing needs the keys (and labels): one pass over the tar headers (and .json members) of the split's shards
+when the loader is built (index_tar: image bytes are seeked over). It records each chosen sample's byte span,
+and every epoch then reads only those spans (iter_spans): an epoch of 100 items costs 100 items' bytes,
+not the split's (tests/test_data_subset.py counts them).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Sequence
 
 from fashiontune.config import ConfigError
 from fashiontune.data.manifest import ShardInfo
-from fashiontune.data.samples import iter_tar, sample_meta
+from fashiontune.data.samples import SampleSpan, index_tar, sample_meta
 
 
 def _score(seed: int, key: str) -> int:
@@ -46,16 +51,22 @@ def subset_shards(shards: Sequence[ShardInfo], max_items: int, seed: int, field:
         raise ConfigError(f"data.subset_field={field!r} is not a label field of the shards; the manifest has "
                           f"{sorted((manifest or {}).get('labels', {}))} (or set '' for an unbalanced subset).")
     by_class: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    shard_of: dict[str, int] = {}
+    where: dict[str, tuple[int, SampleSpan]] = {}
     for i, sh in enumerate(shards):
-        for sample in itertools.islice(iter_tar(sh.path), sh.count):
-            key = sample["__key__"]
-            shard_of[key] = i
-            label = _class_of(sample_meta(sample).get("labels", {}), field) if field else ""
-            by_class[label].append((_score(seed, key), key))
+        for span, meta in index_tar(sh.path, sh.count, with_json=bool(field)):
+            where[span.key] = (i, span)
+            label = _class_of(_labels(meta, sh, span), field) if field else ""
+            by_class[label].append((_score(seed, span.key), span.key))
     chosen = _round_robin(by_class, max_items) if field else [k for _, k in sorted(by_class[""])[:max_items]]
-    keep: dict[int, set[str]] = defaultdict(set)
+    keep: dict[int, list[SampleSpan]] = defaultdict(list)
     for key in chosen:
-        keep[shard_of[key]].add(key)
-    return [replace(sh, count=len(keep[i]), keep=frozenset(keep[i]), full_count=sh.count)
+        i, span = where[key]
+        keep[i].append(span)
+    return [replace(sh, count=len(keep[i]), spans=tuple(sorted(keep[i], key=lambda s: s.offset)))
             for i, sh in enumerate(shards) if keep[i]]
+
+
+def _labels(meta: bytes | None, shard: ShardInfo, span: SampleSpan) -> dict:
+    """The labels of one sample's .json member (sample_meta's checks: a ShardDataError naming it)."""
+    sample = {"__key__": span.key, "__url__": str(shard.path), **({} if meta is None else {"json": meta})}
+    return sample_meta(sample).get("labels", {})
