@@ -165,7 +165,8 @@ def main() -> None:
     k, every = a.views_per_batch, list(OBJECTIVES)
     order = f"{k} views per batch" if k else "full shuffle"
     corpora = {f"{a.views} views, a caption per view, {order}": (a.views, a.products, True, k, every),
-               f"{a.views} views, a caption per view, views apart (1 per batch)": (a.views, a.products, True, 1, ["clip"]),
+               f"{a.views} views, a caption per view, views apart (1 per batch)":
+                   (a.views, a.products, True, 1, ["clip"]),
                f"{a.views} views, one caption per product, {order}": (a.views, a.products, False, k, every),
                f"one view ({one_view_products} products, control)": (1, one_view_products, False, k, every)}
     for label, (views, n, paraphrase, per_batch, objectives) in corpora.items():
@@ -176,8 +177,9 @@ def main() -> None:
         print(f"{label} ({a.steps} steps x {a.batch}, {a.seeds} seeds; same-product rows per batch "
               f"{runs['clip'][0]['same_product_rows']:.1f}):")
         for name, row in result[label]["summary"].items():
-            print(f"  {name:13s} " + "  ".join(f"{m} {v['mean']:+.3f}±{v['std']:.3f}" if "clip" in m else
-                                               f"{m} {v['mean']:.3f}±{v['std']:.3f}" for m, v in row.items()), flush=True)
+            cells = (f"{m} {v['mean']:+.3f}±{v['std']:.3f}" if "clip" in m else f"{m} {v['mean']:.3f}±{v['std']:.3f}"
+                     for m, v in row.items())
+            print(f"  {name:13s} " + "  ".join(cells), flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
