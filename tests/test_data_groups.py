@@ -82,3 +82,19 @@ def test_config_errors_name_the_key():
         DataConfig(views_per_group=-1).validate()
     with pytest.raises(ConfigError, match="data.views_per_group=64 is larger than data.batch_size=32"):
         DataConfig(views_per_group=64, batch_size=32).validate()
+
+
+
+@pytest.mark.distributed
+def test_worker_processes_keep_runs_and_read_every_item_once(tmp_path):
+    shards = write_shards(tmp_path, [24, 20, 28], views=4)
+    c = cfg(shards, batch_size=8, views_per_group=4, shuffle_buffer=24, workers=2, persistent_workers=False)
+    seen = []
+    for rank in range(2):  # 2 ranks x 2 DataLoader worker processes = 4 slots of 18 items
+        ld = make_loader(c, train=True, transform=TO_TENSOR, rank=rank, world_size=2)
+        batches = list(ld)
+        assert [b["key"] for b in ld] == [b["key"] for b in batches]  # the same again (fresh worker processes)
+        assert all(max(collections.Counter(b["group_id"]).values()) <= 4 for b in batches)
+        assert sum(len(b["key"]) == 8 and len(set(b["group_id"])) == 2 for b in batches) >= 4  # whole runs of 4
+        seen += [k for b in batches for k in b["key"]]
+    assert sorted(seen) == [f"s{i:04d}" for i in range(72)]

@@ -33,7 +33,7 @@ def group_batched(items: Iterable[T], views: int, batch_size: int, window: int, 
     window = max(window, batch_size, views)
     pending: dict[Hashable, list[T]] = {}  # group -> views still collecting (insertion order = oldest first)
     runs: list[tuple[Hashable, list[T]]] = []  # ready runs, drawn at random
-    held, state = 0, _Batch(batch_size)
+    held, state = 0, _Batch(batch_size, views)
     for it in items:
         g = group_of(it)
         pending.setdefault(g, []).append(it)
@@ -55,15 +55,28 @@ def group_batched(items: Iterable[T], views: int, batch_size: int, window: int, 
 class _Batch:
     """The batch being filled: room left and the groups it already holds."""
 
-    def __init__(self, size: int) -> None:
-        self.size, self.room, self.groups = size, size, set()
+    def __init__(self, size: int, views: int) -> None:
+        self.size, self.views, self.room, self.groups = size, views, size, set()
+
+    def _rank(self, g: Hashable, n: int) -> int:
+        """0: fits and keeps the rest of the batch a multiple of K (a short run waits for a room it fills,
+        rather than forcing splits down the line); 1: fits; 2: a new group to split; 3: anything."""
+        if g in self.groups:
+            return 3
+        if n > self.room:
+            return 2
+        return 0 if (self.room - n) % self.views == 0 else 1
 
     def take(self, runs: list[tuple[Hashable, list]], rng: random.Random) -> list:
         """Remove and return the next run (or the head of one) for this batch, from `runs` (non-empty)."""
-        start = rng.randrange(len(runs))
-        order = [(start + k) % len(runs) for k in range(len(runs))]
-        pick = next((i for i in order if len(runs[i][1]) <= self.room and runs[i][0] not in self.groups),
-                    next((i for i in order if runs[i][0] not in self.groups), start))
+        start, best, pick = rng.randrange(len(runs)), 4, 0
+        for k in range(len(runs)):
+            i = (start + k) % len(runs)
+            r = self._rank(runs[i][0], len(runs[i][1]))
+            if r < best:
+                best, pick = r, i
+                if r == 0:
+                    break
         g, run = runs[pick]
         out, rest = run[:self.room], run[self.room:]
         if rest:
