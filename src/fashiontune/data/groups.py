@@ -20,7 +20,8 @@ runs; "at most one run per product" yields only when nothing else in the window 
 from __future__ import annotations
 
 import random
-from typing import Callable, Hashable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 
