@@ -33,8 +33,10 @@ def _jpg(i: int, size: int = 8) -> bytes:
     return buf.getvalue()
 
 
-def write_shards(root: Path, shard_counts: list[int], label_of=None, split="train", size: int = 8) -> Path:
-    """A shard directory in the documented format (shards/README.md): tars + manifest.json."""
+def write_shards(root: Path, shard_counts: list[int], label_of=None, split="train", size: int = 8,
+                 views: int = 2) -> Path:
+    """A shard directory in the documented format (shards/README.md): tars + manifest.json; `views`
+    consecutive items share a group_id (a product's views)."""
     label_of = label_of or (lambda i: {"category": ["a", "b", "c"][i % 3]})
     (root / split).mkdir(parents=True, exist_ok=True)
     shards, counts, idx = [], collections.Counter(), 0
@@ -44,7 +46,7 @@ def write_shards(root: Path, shard_counts: list[int], label_of=None, split="trai
             for _ in range(n):
                 labels = label_of(idx)
                 counts.update(v for v in labels.values() if isinstance(v, str))
-                meta = {"id": f"s{idx:04d}", "group_id": f"g{idx // 2}", "split": split, "labels": labels}
+                meta = {"id": f"s{idx:04d}", "group_id": f"g{idx // views}", "split": split, "labels": labels}
                 w.write({"__key__": f"s{idx:04d}", "jpg": _jpg(idx, size), "txt": f"item {idx}", "json": json.dumps(meta)})
                 idx += 1
         shards.append({"name": name, "count": n, "bytes": 0, "sha256": ""})

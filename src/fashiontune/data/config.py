@@ -37,6 +37,12 @@ class DataConfig:
     samples_per_epoch: int = 0  # resampled: samples per epoch over ALL ranks (0 = the split's count)
     shuffle_buffer: int = 1000  # per worker, holds still-encoded samples (so it is cheap)
     shuffle_shards: bool = True
+    # Views-per-product batching (data/groups.py), training only: 0 = off (plain shuffle buffer); K >= 1 =
+    # each batch takes a product's (group_id's) views in one run of up to K and holds at most one run per
+    # product, reordered within shuffle_buffer items. K > 1 puts same-product views in one batch (what
+    # task.contrastive.positives=group is for); K = 1 keeps a product's views in different batches.
+    # Keep batch_size a multiple of K so runs stay whole.
+    views_per_group: int = 0
     seed: int = 0
     drop_last: bool = False  # drop each worker's partial last batch (exact mode; resampled batches are full)
     even_batches: bool = True  # exact mode: pad short ranks so every rank yields len(loader) batches (DDP)
@@ -66,6 +72,16 @@ class DataConfig:
             raise ConfigError(f"{source}: data.samples_per_epoch={self.samples_per_epoch} must be >= 0.")
         if self.shuffle_buffer < 0:
             raise ConfigError(f"{source}: data.shuffle_buffer={self.shuffle_buffer} must be >= 0 (0/1 = off).")
+        if self.views_per_group < 0:
+            raise ConfigError(
+                f"{source}: data.views_per_group={self.views_per_group} must be >= 0 (0 = off, K = up to K views "
+                "of a product per batch, in one run)."
+            )
+        if self.views_per_group > self.batch_size:
+            raise ConfigError(
+                f"{source}: data.views_per_group={self.views_per_group} is larger than data.batch_size="
+                f"{self.batch_size}; a run of views must fit one batch: lower it or raise the batch size."
+            )
         if self.balance_field and self.epoch_mode != EpochMode.resampled:
             raise ConfigError(
                 f"{source}: data.balance_field={self.balance_field!r} needs data.epoch_mode=resampled "

@@ -95,8 +95,11 @@ class ShardLoader:
             self.epoch, self._skip = epoch, 0
 
     def _plan_key(self) -> dict:
-        return {"split": self.split, "mode": self.mode.value, "world_size": self.world_size, "workers": self.workers,
-                "batch_size": self.batch_size, "seed": self.cfg.seed, "samples": self.total}
+        key = {"split": self.split, "mode": self.mode.value, "world_size": self.world_size, "workers": self.workers,
+               "batch_size": self.batch_size, "seed": self.cfg.seed, "samples": self.total}
+        if self.train and self.cfg.views_per_group:  # another order (absent when off: older checkpoints still match)
+            key["views_per_group"] = self.cfg.views_per_group
+        return key
 
     def state_dict(self) -> dict:
         """{"epoch", "batches"}: batches of this epoch already yielded (== len(self) when the epoch is done)."""
@@ -138,6 +141,7 @@ class ShardLoader:
                 worker_batches=self.worker_batches, position=self._position, seed=self.cfg.seed,
                 shuffle_buffer=self.cfg.shuffle_buffer if self.train else 0,
                 shuffle_shards=self.cfg.shuffle_shards and self.train, balancer=self.balancer,
+                views_per_group=self.cfg.views_per_group if self.train else 0,
                 seeded_augment=self.train,
             )
             n = self.num_workers

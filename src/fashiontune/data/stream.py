@@ -21,6 +21,7 @@ from webdataset.filters import shuffle as wds_shuffle
 
 from fashiontune.data.balance import ClassBalancer
 from fashiontune.data.config import EpochMode
+from fashiontune.data.groups import group_batched
 from fashiontune.data.images import ImageNorm
 from fashiontune.data.labels import LabelEncoder
 from fashiontune.data.manifest import ShardInfo
@@ -103,6 +104,11 @@ class Collator:
         return batch
 
 
+def _group_of(sample: dict) -> str:
+    """A raw sample's product: its json's group_id (as Collator.decode reads it), else its key."""
+    return str(sample_meta(sample).get("group_id", sample["__key__"]))
+
+
 class StreamPosition:
     """Where the next pass of a ShardStream starts: (epoch, rotation, batches each logical worker skips).
 
@@ -139,6 +145,7 @@ class ShardStream(IterableDataset):
     seed: int = 0
     shuffle_buffer: int = 0
     shuffle_shards: bool = False
+    views_per_group: int = 0  # > 0: batches of runs of up to K views of a product (groups.py), not a plain shuffle
     balancer: ClassBalancer | None = None
     seeded_augment: bool = False  # seed random transforms per (seed, epoch, key): resumes reproduce augmentations
 
@@ -176,7 +183,10 @@ class ShardStream(IterableDataset):
         raw = self._exact_samples(worker, epoch) if self.mode == EpochMode.exact else self._resampled_samples(worker, epoch)
         if self.balancer is not None:  # before the shuffle buffer: rejected samples never occupy it
             raw = self._balanced(raw, worker, epoch)
-        if self.shuffle_buffer > 1:
+        if self.views_per_group > 0:
+            rng = rng_for("groups", self.seed, epoch, self.rank, worker)
+            raw = group_batched(raw, self.views_per_group, self.batch_size, self.shuffle_buffer, rng, _group_of)
+        elif self.shuffle_buffer > 1:
             rng = rng_for("samples", self.seed, epoch, self.rank, worker)
             raw = wds_shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)(iter(raw))
         # Exact: the slot's range ends the stream (the last batch may be partial unless dropped: n says so).
