@@ -23,6 +23,7 @@ Two things submitit leaves to us:
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 import shutil
@@ -38,8 +39,12 @@ from fashiontune.launch.cluster import ClusterConfig, ExecutorKind
 from fashiontune.launch.task import SIGNAL_NAME, task_command
 
 
-@functools.lru_cache(maxsize=1)
 def _accounting_enabled() -> bool:
+    return _accounting_enabled_for(os.environ.get("SLURM_CONF", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _accounting_enabled_for(slurm_conf: str) -> bool:  # per cluster (SLURM_CONF)
     try:
         out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
