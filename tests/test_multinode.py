@@ -14,15 +14,24 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from fashiontune.cli import main
+from fashiontune.launch import devcluster
+from fashiontune.launch import submit as S
+from fashiontune.launch import testing as T
+from fashiontune.launch.cluster import load_cluster
 from fashiontune.launch.devcluster import MULTI_CONF
+from fashiontune.train.testing import FAULT_TRACE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "configs/cluster/slurm-multinode.yaml"
+CONFIG = REPO / "configs/tiny-kagl-softmax.yaml"
+STEPS, EVERY, TOL = 9, 3, 1e-4
 pytestmark = pytest.mark.multinode
 
 
@@ -73,3 +82,123 @@ def test_smoke_job_two_nodes_by_two_tasks_through_the_cli(multi, tmp_path, capsy
         m = re.search(r"rank=(\d).* node_rank=(\d).* host=(\S+)", log)
         hosts[int(m.group(1))] = (int(m.group(2)), m.group(3))
     assert hosts == {0: (0, "node01"), 1: (0, "node01"), 2: (1, "node02"), 3: (1, "node02")}
+
+
+# -- training across nodes: DDP 2 nodes x 2 tasks == 1 process; preemption and a dead node on the way ---------
+def _common(shards: Path, out: Path, name: str) -> list[str]:
+    """Global batch 16 = 4 ranks x batch 4, or 1 process x 4 workers x batch 4 x grad_accum 4 (the data plan's
+    slots are (rank, worker): both runs read the same 4 contiguous ranges; tests/test_train_distributed.py)."""
+    return [f"data.shards={shards}", f"out_dir={out}", f"name={name}", "data.batch_size=4",
+            "data.shuffle_shards=false", "data.shuffle_buffer=0", f"loop.max_steps={STEPS}",
+            f"checkpoint.every_steps={EVERY}", "checkpoint.export_best=false", "log.every_steps=1",
+            "log.tensorboard=false", "log.plots=false", "log.progress=false"]
+
+
+def _job_cfg(shards: Path, out: Path, name: str, *extra: str):
+    return S.load_job_config("train", str(CONFIG), [*_common(shards, out, name), "data.workers=0", *extra])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    sd = torch.load(run / "export/open_clip_pytorch_model.bin", map_location="cpu", weights_only=True)
+    sd.update({f"head.{k}": v for k, v in torch.load(run / "export/heads.pt", weights_only=True).items()})
+    return sd
+
+
+def _max_diff(a: Path, b: Path) -> float:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
+
+
+def _results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
+def _rank0_hosts(log_dir: Path, job_id: str) -> list[str]:
+    """The host of global rank 0 in each run of a (requeued) job, from its task log (appended per run)."""
+    log = (log_dir / job_id / f"{job_id}_0_log.out").read_text()
+    return re.findall(r"\[fashiontune\] job=train .* host=(\S+)", log)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    from fashiontune.train.testing import build_tiny_shards
+
+    return build_tiny_shards("kagl", tmp_path_factory.mktemp("kagl"), n=300)
+
+
+@pytest.fixture(scope="module")
+def trained(multi, shards, tmp_path_factory):
+    """Two 2-node x 2-task DDP jobs side by side (the nodes advertise 4 CPUs) and the 1-process reference in this
+    process meanwhile. "plain" runs uninterrupted. "faulty" is preempted (USR2) right after its step-3
+    checkpoint, held there by the fault trace FIFO until SLURM shows the requeue; node01 is drained, so its
+    second run lands on node[02-03] (rank 0 on the node that held ranks 2-3). Held again after its step-6
+    checkpoint, its batch node (node02: slurmd, batch shell, ranks) is killed; SLURM marks the node down, the
+    job NODE_FAILs and is requeued, and the third run (node01 back in service, node[01,03]) finishes."""
+    from fashiontune.train import load_train_config, run_training
+
+    root = tmp_path_factory.mktemp("multi-train")
+    cluster = load_cluster(CLUSTER, [f"log_dir={root}/logs"])
+    t0 = time.monotonic()
+    plain = S.submit("train", _job_cfg(shards, root, "plain"), cluster)
+    trace = T.TraceFifo(root / "trace.fifo")
+    os.environ[FAULT_TRACE_ENV] = str(trace.path)  # sbatch passes the environment at submission
+    try:
+        faulty = S.submit("train", _job_cfg(shards, root, "faulty"), cluster)
+    finally:
+        del os.environ[FAULT_TRACE_ENV]
+    job_id = faulty.jobs[0].job_id
+    killed = ""
+    try:
+        run_training(load_train_config(CONFIG, [*_common(shards, root, "ref"), "data.workers=4",
+                                                "loop.grad_accum=4"]))
+        times = {"reference (1 process, in the test)": time.monotonic() - t0}
+        trace.wait_for(f"saved {EVERY}", 420)
+        trace.hold()  # every rank blocks at its next fault point: still running when the signal lands
+        T.usr2(job_id)  # preemption
+        T.wait_until(f"job {job_id} requeued", lambda: T.restarts(job_id) >= 1, 300)
+        T.set_node_state("node01", "drain")  # the rerun must take node[02-03]
+        seen = len(trace.read())
+        trace.release()
+        results = {"plain": S.wait(plain, timeout_s=420)}
+        times["plain (2 nodes x 2 ranks)"] = time.monotonic() - t0
+        trace.wait_for(f"saved {2 * EVERY}", 420, since=seen)  # the second run's step-6 checkpoint is complete
+        trace.hold()
+        T.set_node_state("node01", "resume")
+        killed = T.job_info(job_id)["BatchHost"]
+        T.kill_node(killed)  # the node dies under the job
+        T.wait_until(f"job {job_id} requeued after {killed} died", lambda: T.restarts(job_id) >= 2, 180)
+        trace.release()
+        results["faulty"] = S.wait(faulty, timeout_s=420)
+        assert T.wait_final_state(job_id, 120) == "COMPLETED"
+        times["faulty (3 runs)"] = time.monotonic() - t0
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True)  # a no-op once it has ended
+        trace.close()
+        subprocess.run(["scontrol", "update", "nodename=node01", "state=resume"], capture_output=True)
+        back = devcluster.start(nodes=3)  # the killed node's slurmd again (idempotent)
+        assert back.ok, back.output
+    print(f"multi-node training: {times}")
+    return root, cluster, results, job_id, killed
+
+
+def test_ddp_two_nodes_by_two_tasks_equals_one_process(trained):
+    root, _, results, _, _ = trained
+    r, ref = _results(root / "plain"), _results(root / "ref")
+    assert r["world_size"] == 4 and ref["world_size"] == 1 and r["step"] == ref["step"] == STEPS
+    assert r["samples_seen"] == ref["samples_seen"] == STEPS * 16
+    assert [x["step"] for x in results["plain"][0]] == [STEPS] * 4  # all 4 ranks ran the whole loop
+    assert _max_diff(root / "plain", root / "ref") < TOL
+    assert r["final"]["loss"] == pytest.approx(ref["final"]["loss"], abs=1e-3)
+
+
+def test_preempted_then_node_killed_job_resumes_on_other_nodes_with_the_uninterrupted_result(trained):
+    root, cluster, _, job_id, killed = trained
+    r = _results(root / "faulty")
+    assert killed == "node02"
+    # rank 0 on node01, then (node01 drained) on node02, then (node02 dead) on node01 again, with node03
+    assert _rank0_hosts(Path(cluster.log_dir), job_id) == ["node01", "node02", "node01"]
+    assert r["resumed_from_step"] == 2 * EVERY and r["step"] == STEPS and r["world_size"] == 4
+    assert T.restarts(job_id) == 2
+    assert _max_diff(root / "faulty", root / "plain") < TOL
+    assert r["final"]["loss"] == pytest.approx(_results(root / "plain")["final"]["loss"], abs=1e-6)

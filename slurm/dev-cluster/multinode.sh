@@ -15,14 +15,14 @@
 # Nothing leaves the machine: the bridge has no uplink and no route outside 10.77.0.0/24.
 #
 # Exits 3 when this machine cannot host it (not root), 1 when something broke (see /var/log/slurm/*multi*).
-# Env: DEV_SLURM_MULTI_CPUS (CPUs each node advertises, default 2), DEV_SLURM_MULTI_PARTITION (default multi).
+# Env: DEV_SLURM_MULTI_CPUS (CPUs each node advertises, default 4: two 2-task jobs may share a node), DEV_SLURM_MULTI_PARTITION (default multi).
 set -euo pipefail
 
 CONF_DIR=/etc/slurm-multi
 CONF=$CONF_DIR/slurm.conf
 export SLURM_CONF=$CONF
 PARTITION="${DEV_SLURM_MULTI_PARTITION:-multi}"
-CPUS="${DEV_SLURM_MULTI_CPUS:-2}"
+CPUS="${DEV_SLURM_MULTI_CPUS:-4}"
 NET=10.77.0
 BRIDGE=ftmbr0
 LOG_DIR=/var/log/slurm
