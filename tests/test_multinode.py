@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "configs/cluster/slurm-multinode.yaml"
 CONFIG = REPO / "configs/tiny-kagl-softmax.yaml"
 STEPS, EVERY, TOL = 9, 3, 1e-4
+ZERO2 = ["dist.strategy=deepspeed", f"dist.deepspeed_config={REPO / 'configs/deepspeed/zero2.json'}"]
 pytestmark = pytest.mark.multinode
 
 
@@ -84,6 +85,25 @@ def test_smoke_job_two_nodes_by_two_tasks_through_the_cli(multi, tmp_path, capsy
     assert hosts == {0: (0, "node01"), 1: (0, "node01"), 2: (1, "node02"), 3: (1, "node02")}
 
 
+
+def test_shard_array_spreads_over_two_nodes_and_merges_like_a_local_build(multi, tmp_path):
+    """Each array task asks for a whole node's CPUs (4), so SLURM puts the two tasks on two nodes."""
+    from fashiontune.shards.build import build_shards
+    from fashiontune.shards.config import ShardBuildConfig
+    from fashiontune.synth import generate
+
+    corpus = generate("kagl", tmp_path / "corpus", 40, seed=0, image_size=32)
+    common = ["source=kagl", f"input={corpus}", "shard_size=5", "image_size=32", "workers=1", "progress=false"]
+    local = build_shards(ShardBuildConfig(source="kagl", input=str(corpus), out=str(tmp_path / "local"),
+                                          shard_size=5, image_size=32, workers=1, progress=False))
+    cluster = load_cluster(CLUSTER, [f"log_dir={tmp_path}/logs", "cpus_per_task=4"])
+    cfg = S.load_job_config("shards", None, [f"out={tmp_path}/array", "num_jobs=2", *common])
+    sub = S.submit("shards", cfg, cluster)
+    results = S.wait(sub, timeout_s=240)
+    assert results[-1][0] == local == json.loads((tmp_path / "array/manifest.json").read_text())
+    hosts = [re.search(r"\[fashiontune\] job=shards .* host=(\S+)", j.stdout() or "").group(1) for j in sub.jobs]
+    assert len(set(hosts)) == 2, hosts  # one task per node
+
 # -- training across nodes: DDP 2 nodes x 2 tasks == 1 process; preemption and a dead node on the way ---------
 def _common(shards: Path, out: Path, name: str) -> list[str]:
     """Global batch 16 = 4 ranks x batch 4, or 1 process x 4 workers x batch 4 x grad_accum 4 (the data plan's
@@ -127,58 +147,89 @@ def shards(tmp_path_factory) -> Path:
     return build_tiny_shards("kagl", tmp_path_factory.mktemp("kagl"), n=300)
 
 
+def _sbatch_train_template(shards: Path, root: Path) -> str:
+    """slurm/train.sbatch on 2 CPU nodes: 2 processes per node (GPUS_PER_NODE), DDP over gloo."""
+    env = {**os.environ, "SETUP": f"source {REPO}/.venv/bin/activate", "GPUS_PER_NODE": "2", "STRATEGY": "ddp",
+           "CONFIG": str(CONFIG), "OVERRIDES": " ".join([*_common(shards, root, "tpl"), "data.workers=0"])}
+    p = subprocess.run(["sbatch", "--parsable", "--partition=multi", "--nodes=2", "--gpus-per-node=0",
+                        "--cpus-per-task=2", "--oversubscribe", "--mem=1G", "--time=30",
+                        f"--output={root}/tpl-%j.out", "slurm/train.sbatch"],
+                       cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return p.stdout.strip().split(";")[0]
+
+
 @pytest.fixture(scope="module")
 def trained(multi, shards, tmp_path_factory):
-    """Two 2-node x 2-task DDP jobs side by side (the nodes advertise 4 CPUs) and the 1-process reference in this
-    process meanwhile. "plain" runs uninterrupted. "faulty" is preempted (USR2) right after its step-3
-    checkpoint, held there by the fault trace FIFO until SLURM shows the requeue; node01 is drained, so its
-    second run lands on node[02-03] (rank 0 on the node that held ranks 2-3). Held again after its step-6
-    checkpoint, its batch node (node02: slurmd, batch shell, ranks) is killed; SLURM marks the node down, the
-    job NODE_FAILs and is requeued, and the third run (node01 back in service, node[01,03]) finishes."""
+    """2-node x 2-task jobs side by side (each node advertises 4 CPUs: two such jobs share a node), and the
+    1-process reference and a local eval in this process meanwhile:
+    - "plain": DDP, uninterrupted; then an eval job of its export across 2 nodes;
+    - "zero2": DeepSpeed ZeRO-2 (gloo), uninterrupted;
+    - "tpl": DDP through slurm/train.sbatch (one `accelerate launch` per node, --machine_rank = SLURM_NODEID);
+    - "faulty": DDP, preempted (USR2) right after its step-3 checkpoint, held there by the fault trace FIFO until
+      SLURM shows the requeue; node01 is drained (until the next hold), so its second run lands on node[02-03]
+      (rank 0 on the node that held ranks 2-3). Held again after its step-6 checkpoint (once the other jobs are done), its batch
+      node (node02: slurmd, batch shell, ranks) is killed: SLURM marks the node down, the job NODE_FAILs and is
+      requeued, and the third run (node[01,03]) finishes."""
+    from fashiontune.config import load_config
+    from fashiontune.eval.config import EvalConfig
+    from fashiontune.eval.run import run_eval
     from fashiontune.train import load_train_config, run_training
 
     root = tmp_path_factory.mktemp("multi-train")
     cluster = load_cluster(CLUSTER, [f"log_dir={root}/logs"])
     t0 = time.monotonic()
-    plain = S.submit("train", _job_cfg(shards, root, "plain"), cluster)
+    subs = {"plain": S.submit("train", _job_cfg(shards, root, "plain"), cluster),
+            "zero2": S.submit("train", _job_cfg(shards, root, "zero2", *ZERO2), cluster)}
+    tpl = _sbatch_train_template(shards, root)
     trace = T.TraceFifo(root / "trace.fifo")
     os.environ[FAULT_TRACE_ENV] = str(trace.path)  # sbatch passes the environment at submission
     try:
-        faulty = S.submit("train", _job_cfg(shards, root, "faulty"), cluster)
+        subs["faulty"] = S.submit("train", _job_cfg(shards, root, "faulty"), cluster)
     finally:
         del os.environ[FAULT_TRACE_ENV]
-    job_id = faulty.jobs[0].job_id
-    killed = ""
+    job_id = subs["faulty"].jobs[0].job_id
+    times, results, killed = {}, {}, ""
+
+    def done(name: str) -> None:
+        results[name] = S.wait(subs[name], timeout_s=600)
+        times[name] = round(time.monotonic() - t0, 1)
+
     try:
         run_training(load_train_config(CONFIG, [*_common(shards, root, "ref"), "data.workers=4",
                                                 "loop.grad_accum=4"]))
-        times = {"reference (1 process, in the test)": time.monotonic() - t0}
+        times["ref"] = round(time.monotonic() - t0, 1)
         trace.wait_for(f"saved {EVERY}", 420)
         trace.hold()  # every rank blocks at its next fault point: still running when the signal lands
         T.usr2(job_id)  # preemption
         T.wait_until(f"job {job_id} requeued", lambda: T.restarts(job_id) >= 1, 300)
         T.set_node_state("node01", "drain")  # the rerun must take node[02-03]
         seen = len(trace.read())
-        trace.release()
-        results = {"plain": S.wait(plain, timeout_s=420)}
-        times["plain (2 nodes x 2 ranks)"] = time.monotonic() - t0
+        trace.release()  # (the first run's rank 0 has exited: its other ranks cannot complete another save)
+        done("plain")
+        evals = [f"model.checkpoint={root}/plain/export", f"data.shards={shards}", "data.split=val",
+                 "plots.grid_queries=0"]
+        subs["eval"] = S.submit("eval", S.load_job_config("eval", None, [*evals, f"out_dir={root}/eval-multi"]),
+                                cluster)
+        results["eval-local"] = run_eval(load_config(EvalConfig, None, [*evals, f"out_dir={root}/eval-local"]))
         trace.wait_for(f"saved {2 * EVERY}", 420, since=seen)  # the second run's step-6 checkpoint is complete
         trace.hold()
-        T.set_node_state("node01", "resume")
+        T.set_node_state("node01", "resume")  # the rerun is placed: node01 may take work again
+        done("zero2")
+        done("eval")
+        times["template"] = T.wait_final_state(tpl, 600), round(time.monotonic() - t0, 1)
         killed = T.job_info(job_id)["BatchHost"]
         T.kill_node(killed)  # the node dies under the job
         T.wait_until(f"job {job_id} requeued after {killed} died", lambda: T.restarts(job_id) >= 2, 180)
         trace.release()
-        results["faulty"] = S.wait(faulty, timeout_s=420)
+        done("faulty")
         assert T.wait_final_state(job_id, 120) == "COMPLETED"
-        times["faulty (3 runs)"] = time.monotonic() - t0
     finally:
-        subprocess.run(["scancel", job_id], capture_output=True)  # a no-op once it has ended
+        subprocess.run(["scancel", tpl, *[i for sub in subs.values() for i in sub.job_ids]], capture_output=True)
         trace.close()
         subprocess.run(["scontrol", "update", "nodename=node01", "state=resume"], capture_output=True)
         back = devcluster.start(nodes=3)  # the killed node's slurmd again (idempotent)
         assert back.ok, back.output
-    print(f"multi-node training: {times}")
+    print(f"multi-node jobs done (s after the first submission): {times}")
     return root, cluster, results, job_id, killed
 
 
@@ -202,3 +253,41 @@ def test_preempted_then_node_killed_job_resumes_on_other_nodes_with_the_uninterr
     assert T.restarts(job_id) == 2
     assert _max_diff(root / "faulty", root / "plain") < TOL
     assert r["final"]["loss"] == pytest.approx(_results(root / "plain")["final"]["loss"], abs=1e-6)
+
+
+def test_deepspeed_zero2_two_nodes_by_two_tasks_equals_one_process(trained):
+    root, _, _, _, _ = trained
+    r, ref = _results(root / "zero2"), _results(root / "ref")
+    assert r["world_size"] == 4 and r["step"] == STEPS and r["samples_seen"] == ref["samples_seen"]
+    parts = sorted(p.name for p in (root / f"zero2/checkpoints/step_{STEPS:08d}/pytorch_model").iterdir())
+    assert len([p for p in parts if "optim_states" in p]) == 4  # optimizer state partitioned over the 4 ranks
+    assert _max_diff(root / "zero2", root / "ref") < TOL
+    assert r["final"]["loss"] == pytest.approx(ref["final"]["loss"], abs=1e-3)
+
+
+def test_eval_job_across_two_nodes_equals_a_local_evaluation(trained):
+    root, _, results, _, _ = trained
+    remote, local = json.loads((root / "eval-multi/results.json").read_text()), results["eval-local"]
+    assert remote["world_size"] == 4
+    assert remote["items"] == local["items"]
+    for key in ("retrieval", "category", "classification"):
+        assert _flat(remote[key]) == pytest.approx(_flat(local[key]), abs=1e-6), key
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_train_sbatch_template_on_two_nodes_equals_one_process(trained):
+    root, _, results, _, _ = trained
+    log = next(root.glob("tpl-*.out")).read_text()
+    assert "2 node(s) x 2, master node01:" in log, log
+    r, ref = _results(root / "tpl"), _results(root / "ref")
+    assert r["world_size"] == 4 and r["step"] == STEPS and r["samples_seen"] == ref["samples_seen"]
+    assert _max_diff(root / "tpl", root / "ref") < TOL

@@ -65,7 +65,8 @@ SlurmdPort=6918
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=cred_expire=10
+# cred_expire also sets how long a requeued job waits before it may start again (default 120 s; minimum 5).
+AuthInfo=cred_expire=5
 StateSaveLocation=$STATE
 SlurmdSpoolDir=/var/spool/slurmd-multi/%n
 SlurmctldPidFile=$CTLD_PID
