@@ -54,9 +54,13 @@ def _srun(*argv: str, timeout: float = 60) -> str:
     return p.stdout
 
 
+def _node_states() -> list[str]:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout
+    return [line.split()[1] for line in sorted(out.splitlines()) if line.strip()]
+
+
 def test_nodes_are_separate_hosts_that_reach_each_other_by_name(multi):
-    states = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout.split("\n")
-    assert sorted(x for x in states if x) == ["node01 idle", "node02 idle", "node03 idle"]
+    T.wait_until("every node idle", lambda: _node_states() == ["idle"] * 3, 60)
     code = ("import os, socket; s = socket.create_connection(('node01', 6918), timeout=5); "
             "print(os.environ['SLURM_PROCID'], socket.gethostname(), socket.gethostbyname(socket.gethostname()), "
             "s.getsockname()[0])")
@@ -87,7 +91,8 @@ def test_smoke_job_two_nodes_by_two_tasks_through_the_cli(multi, tmp_path, capsy
 
 
 def test_shard_array_spreads_over_two_nodes_and_merges_like_a_local_build(multi, tmp_path):
-    """Each array task asks for a whole node's CPUs (4), so SLURM puts the two tasks on two nodes."""
+    """Each array task asks for a whole node's CPUs (4): started in one scheduling pass on an idle cluster (an
+    earlier job may still be completing), the two tasks take two nodes."""
     from fashiontune.shards.build import build_shards
     from fashiontune.shards.config import ShardBuildConfig
     from fashiontune.synth import generate
@@ -98,6 +103,7 @@ def test_shard_array_spreads_over_two_nodes_and_merges_like_a_local_build(multi,
                                           shard_size=5, image_size=32, workers=1, progress=False))
     cluster = load_cluster(CLUSTER, [f"log_dir={tmp_path}/logs", "cpus_per_task=4"])
     cfg = S.load_job_config("shards", None, [f"out={tmp_path}/array", "num_jobs=2", *common])
+    T.wait_until("every node idle", lambda: _node_states() == ["idle"] * 3, 120)
     sub = S.submit("shards", cfg, cluster)
     results = S.wait(sub, timeout_s=240)
     assert results[-1][0] == local == json.loads((tmp_path / "array/manifest.json").read_text())
