@@ -172,6 +172,15 @@ def test_scontrol_state_parsing_covers_plain_and_array_jobs():
     assert {k for k, v in info.items() if v["State"] == "PENDING"} == {"13_0", "13_2", "13_3"}
 
 
+def test_a_node_failure_ends_a_job_only_when_slurm_will_not_requeue_it():
+    w = SlurmStateWatcher()
+    w._info_dict.update(w.read_info("JobId=7 JobState=NODE_FAIL Requeue=1 Restarts=0\n"
+                                    "JobId=8 JobState=NODE_FAIL Requeue=0 Restarts=0\n"))
+    w._registered.update({"7", "8"})
+    assert not w.is_done("7", mode="cache")  # requeued by SLURM: a rerun follows
+    assert w.is_done("8", mode="cache")  # not requeue-able: over (S.wait reports the failure)
+
+
 def test_requeue_is_recorded_in_the_run_dir_and_bounded_per_submission(tmp_path, monkeypatch):
     runner = JobRunner("smoke", SmokeConfig(run_dir=str(tmp_path)), str(tmp_path), max_requeues=2)
     monkeypatch.setenv("SLURM_JOB_ID", "101")
