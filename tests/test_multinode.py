@@ -239,6 +239,7 @@ def trained(multi, shards, tmp_path_factory):
     return root, cluster, results, job_id, killed
 
 
+@pytest.mark.slow  # the `trained` fixture: six 4-rank runs
 def test_ddp_two_nodes_by_two_tasks_equals_one_process(trained):
     root, _, results, _, _ = trained
     r, ref = _results(root / "plain"), _results(root / "ref")
@@ -249,6 +250,7 @@ def test_ddp_two_nodes_by_two_tasks_equals_one_process(trained):
     assert r["final"]["loss"] == pytest.approx(ref["final"]["loss"], abs=1e-3)
 
 
+@pytest.mark.slow  # the `trained` fixture: six 4-rank runs
 def test_preempted_then_node_killed_job_resumes_on_other_nodes_with_the_uninterrupted_result(trained):
     root, cluster, _, job_id, killed = trained
     r = _results(root / "faulty")
@@ -261,6 +263,7 @@ def test_preempted_then_node_killed_job_resumes_on_other_nodes_with_the_uninterr
     assert r["final"]["loss"] == pytest.approx(_results(root / "plain")["final"]["loss"], abs=1e-6)
 
 
+@pytest.mark.slow  # the `trained` fixture: six 4-rank runs
 def test_deepspeed_zero2_two_nodes_by_two_tasks_equals_one_process(trained):
     root, _, _, _, _ = trained
     r, ref = _results(root / "zero2"), _results(root / "ref")
@@ -271,6 +274,7 @@ def test_deepspeed_zero2_two_nodes_by_two_tasks_equals_one_process(trained):
     assert r["final"]["loss"] == pytest.approx(ref["final"]["loss"], abs=1e-3)
 
 
+@pytest.mark.slow  # the `trained` fixture: six 4-rank runs
 def test_eval_job_across_two_nodes_equals_a_local_evaluation(trained):
     root, _, results, _, _ = trained
     remote, local = json.loads((root / "eval-multi/results.json").read_text()), results["eval-local"]
@@ -290,6 +294,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+@pytest.mark.slow  # the `trained` fixture: six 4-rank runs
 def test_train_sbatch_template_on_two_nodes_equals_one_process(trained):
     root, _, results, _, _ = trained
     log = next(root.glob("tpl-*.out")).read_text()
