@@ -59,6 +59,22 @@ def _node_states() -> list[str]:
     return [line.split()[1] for line in sorted(out.splitlines()) if line.strip()]
 
 
+def test_stop_tears_down_what_start_made_and_start_is_idempotent(multi):
+    """First in the module: it takes the cluster down and up again (nothing else runs on it)."""
+    stop = subprocess.run(["bash", str(REPO / "slurm/dev-cluster/stop.sh"), "--nodes"], capture_output=True,
+                          text=True)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "ftnode" not in netns and "node01" not in Path("/etc/hosts").read_text()
+    assert subprocess.run(["ip", "link", "show", "ftmbr0"], capture_output=True).returncode != 0  # bridge gone
+    for _ in range(2):  # from nothing, then again: "already up"
+        c = devcluster.start(nodes=3)
+        assert c.ok, c.output
+    assert "already up" in c.output
+    T.wait_until("every node idle", lambda: _node_states() == ["idle"] * 3, 60)
+    assert "10.77.0.12 node02" in Path("/etc/hosts").read_text()
+
+
 def test_nodes_are_separate_hosts_that_reach_each_other_by_name(multi):
     T.wait_until("every node idle", lambda: _node_states() == ["idle"] * 3, 60)
     code = ("import os, socket; s = socket.create_connection(('node01', 6918), timeout=5); "
