@@ -79,7 +79,7 @@ start_munge() {
   fi
   munge_user=root
   id munge >/dev/null 2>&1 && munge_user=munge
-  mkdir -p /var/lib/munge /var/log/munge
+  mkdir -p /var/lib/munge /var/log/munge /run/munge
   chown -R "$munge_user" /etc/munge /run/munge /var/lib/munge /var/log/munge
   chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
