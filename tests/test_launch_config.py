@@ -204,3 +204,21 @@ def test_dev_cluster_start_refuses_non_root_with_exit_3_and_the_reason():
                        env={**os.environ, "DEV_SLURM_PARTITION": "no-such-partition"}, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 3 and "must run as root" in p.stderr
+
+
+def test_submit_env_drops_the_parent_jobs_slurm_variables_but_keeps_slurm_conf(monkeypatch, tmp_path):
+    from fashiontune.launch.submit import submit_env
+
+    monkeypatch.setenv("SLURM_CONF", "/etc/site/slurm.conf")
+    monkeypatch.setenv("SLURM_JOB_ID", "41")  # submitting from inside a job
+    with submit_env(ClusterConfig()):
+        assert os.environ["SLURM_CONF"] == "/etc/site/slurm.conf" and "SLURM_JOB_ID" not in os.environ
+    assert (os.environ["SLURM_CONF"], os.environ["SLURM_JOB_ID"]) == ("/etc/site/slurm.conf", "41")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\n")
+    with submit_env(ClusterConfig(slurm_conf=str(conf))):  # the cluster config names its cluster
+        assert os.environ["SLURM_CONF"] == str(conf)
+    assert os.environ["SLURM_CONF"] == str(conf)  # for this process's later scontrol / scancel too
+    with pytest.raises(ConfigError, match=r"slurm_conf='/nope/slurm.conf' does not exist.*--nodes"):
+        with submit_env(ClusterConfig(slurm_conf="/nope/slurm.conf")):
+            pass
