@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench fmnist slurm-up slurm-down clean
+.PHONY: setup demo test test-fast bench fmnist slurm-up slurm-down multinode-up multinode-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,17 +18,18 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m fashiontune demo --out demo
 
-# Starts the one-node dev SLURM cluster and installs the real Fashion-MNIST where it can (root + apt); the `slurm`
+# Starts the one-node dev SLURM cluster (and the simulated 3-node one for the `multinode` tests) and installs the real Fashion-MNIST where it can (root + apt); the `slurm`
 # and real-data tests skip with the reason otherwise (under CI=true as root they fail instead).
 # Debian's chromium drives the serve page's browser test (playwright cannot download its own browser here).
 test: setup
 	-bash slurm/dev-cluster/start.sh
+	-bash slurm/dev-cluster/start.sh --nodes 3
 	-$(MAKE) --no-print-directory fmnist
 	-test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get install -y -q chromium; }
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not slurm and not distributed" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not slurm and not multinode and not distributed" $(PYTEST_ARGS)
 
 # Benchmarks print ratios against a peer measured in the same run (minutes each on 2 cores).
 bench: setup
@@ -52,6 +53,12 @@ slurm-up:
 
 slurm-down:
 	bash slurm/dev-cluster/stop.sh
+
+multinode-up:
+	bash slurm/dev-cluster/start.sh --nodes 3
+
+multinode-down:
+	bash slurm/dev-cluster/stop.sh --nodes
 
 clean:
 	rm -rf demo runs .pytest_cache

@@ -172,6 +172,15 @@ def test_scontrol_state_parsing_covers_plain_and_array_jobs():
     assert {k for k, v in info.items() if v["State"] == "PENDING"} == {"13_0", "13_2", "13_3"}
 
 
+def test_a_node_failure_ends_a_job_only_when_slurm_will_not_requeue_it():
+    w = SlurmStateWatcher()
+    w._info_dict.update(w.read_info("JobId=7 JobState=NODE_FAIL Requeue=1 Restarts=0\n"
+                                    "JobId=8 JobState=NODE_FAIL Requeue=0 Restarts=0\n"))
+    w._registered.update({"7", "8"})
+    assert not w.is_done("7", mode="cache")  # requeued by SLURM: a rerun follows
+    assert w.is_done("8", mode="cache")  # not requeue-able: over (S.wait reports the failure)
+
+
 def test_requeue_is_recorded_in_the_run_dir_and_bounded_per_submission(tmp_path, monkeypatch):
     runner = JobRunner("smoke", SmokeConfig(run_dir=str(tmp_path)), str(tmp_path), max_requeues=2)
     monkeypatch.setenv("SLURM_JOB_ID", "101")
@@ -195,3 +204,21 @@ def test_dev_cluster_start_refuses_non_root_with_exit_3_and_the_reason():
                        env={**os.environ, "DEV_SLURM_PARTITION": "no-such-partition"}, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 3 and "must run as root" in p.stderr
+
+
+def test_submit_env_drops_the_parent_jobs_slurm_variables_but_keeps_slurm_conf(monkeypatch, tmp_path):
+    from fashiontune.launch.submit import submit_env
+
+    monkeypatch.setenv("SLURM_CONF", "/etc/site/slurm.conf")
+    monkeypatch.setenv("SLURM_JOB_ID", "41")  # submitting from inside a job
+    with submit_env(ClusterConfig()):
+        assert os.environ["SLURM_CONF"] == "/etc/site/slurm.conf" and "SLURM_JOB_ID" not in os.environ
+    assert (os.environ["SLURM_CONF"], os.environ["SLURM_JOB_ID"]) == ("/etc/site/slurm.conf", "41")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\n")
+    with submit_env(ClusterConfig(slurm_conf=str(conf))):  # the cluster config names its cluster
+        assert os.environ["SLURM_CONF"] == str(conf)
+    assert os.environ["SLURM_CONF"] == str(conf)  # for this process's later scontrol / scancel too
+    with pytest.raises(ConfigError, match=r"slurm_conf='/nope/slurm.conf' does not exist.*--nodes"):
+        with submit_env(ClusterConfig(slurm_conf="/nope/slurm.conf")):
+            pass

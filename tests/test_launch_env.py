@@ -67,3 +67,14 @@ def test_submitit_local_and_single_process():
 def test_broken_rank_variable_is_a_clear_error():
     with pytest.raises(RuntimeError, match="SLURM_PROCID='x'"):
         dist_env.discover({"SLURM_JOB_ID": "1", "SLURM_PROCID": "x", "SLURM_NTASKS": "2"})
+
+
+def test_unresolvable_master_is_a_clear_error_naming_the_host_and_the_fix():
+    env = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_NODEID": "1",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "no-such-node[01-02].invalid"}
+    d = dist_env.discover(env, hostnames=lambda s: ["no-such-node01.invalid", "no-such-node02.invalid"])
+    with pytest.raises(RuntimeError, match=r"MASTER_ADDR='no-such-node01.invalid'.*does not resolve.*/etc/hosts"):
+        dist_env.check_master(d, env)
+    ok = dist_env.discover({**env, "MASTER_ADDR": "127.0.0.1"})
+    assert dist_env.check_master(ok, env) is ok  # resolvable: passes through
+    assert dist_env.check_master(dist_env.DistEnv(master_addr="no-such-node.invalid")).world_size == 1  # 1 rank

@@ -4,6 +4,8 @@
 #
 #   bash slurm/dev-cluster/start.sh      # idempotent: returns at once when the node is already up
 #   bash slurm/dev-cluster/stop.sh       # stops the daemons (packages and state stay)
+#   bash slurm/dev-cluster/start.sh --nodes 3   # a second, simulated multi-node cluster (multinode.sh) beside it
+#   bash slurm/dev-cluster/stop.sh --nodes      # tears that one down (the one-node cluster is left alone)
 #
 # Installs slurm-wlm + munge with apt if missing, writes /etc/slurm/slurm.conf from `slurmd -C`,
 # creates a munge key, starts munged, slurmctld and slurmd as plain daemons and waits until `sinfo`
@@ -12,6 +14,15 @@
 # Env: DEV_SLURM_PARTITION (default "dev"), DEV_SLURM_MIN_CPUS (default 4: the node advertises at least
 # this many CPUs so that a 2-task job and its dependent merge job can be scheduled on a 1-2 core CI box).
 set -euo pipefail
+
+NODES=0
+case "${1:-}" in
+  --nodes) NODES="${2:?--nodes needs a number}";;
+  --nodes=*) NODES="${1#--nodes=}";;
+  "") ;;
+  *) echo "usage: $0 [--nodes N]" >&2; exit 2;;
+esac
+[[ "$NODES" =~ ^[0-9]+$ ]] || { echo "dev-cluster: --nodes $NODES is not a number" >&2; exit 2; }
 
 PARTITION="${DEV_SLURM_PARTITION:-dev}"
 MIN_CPUS="${DEV_SLURM_MIN_CPUS:-4}"
@@ -33,6 +44,7 @@ node_ready() {
   [[ "$st" =~ ^(idle|mix|alloc|comp)$ ]]
 }
 
+if ((NODES > 0)) && [[ "$(id -u)" != 0 ]]; then exec bash "$HERE/multinode.sh" up "$NODES"; fi  # it says why not
 if [[ "$(id -u)" != 0 ]] && node_ready; then say "already up (not root: config left as is)"; exit 0; fi
 [[ "$(id -u)" == 0 ]] || cannot "must run as root (it installs packages and starts daemons); run: sudo bash $0"
 
@@ -56,6 +68,33 @@ if ((${#need[@]})); then
   apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 "${need[@]}" >>"$aptlog" 2>&1 \
     || { tail -n 20 "$aptlog" >&2; die "apt-get install ${need[*]} failed; log: $aptlog"; }
   say "installed in $(( $(date +%s) - t0 )) s"
+fi
+
+# --- munge (one daemon for every cluster of this machine) -----------------------------------------------
+start_munge() {
+  if [[ ! -s /etc/munge/munge.key ]]; then
+    mkdir -p /etc/munge
+    if command -v mungekey >/dev/null 2>&1; then mungekey --create --keyfile=/etc/munge/munge.key --force
+    else dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none; fi
+  fi
+  munge_user=root
+  id munge >/dev/null 2>&1 && munge_user=munge
+  mkdir -p /var/lib/munge /var/log/munge /run/munge
+  chown -R "$munge_user" /etc/munge /run/munge /var/lib/munge /var/log/munge
+  chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
+  if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+    pkill_pidfile() { [[ -f $1 ]] && kill "$(cat "$1")" 2>/dev/null || true; }
+    pkill_pidfile /run/munge/munged.pid
+    if [[ $munge_user == munge ]]; then runuser -u munge -- /usr/sbin/munged
+    else /usr/sbin/munged --force; fi
+    for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
+    munge -n | unmunge >/dev/null || die "munged did not start (see /var/log/munge/munged.log)"
+  fi
+}
+
+if ((NODES > 0)); then  # the simulated multi-node cluster: its own config, daemons and network namespaces
+  start_munge
+  exec bash "$HERE/multinode.sh" up "$NODES"
 fi
 
 # --- slurm.conf -----------------------------------------------------------------------------------------
@@ -116,25 +155,7 @@ if ((conf_changed == 0)) && node_ready; then
   exit 0
 fi
 
-# --- munge ----------------------------------------------------------------------------------------------
-if [[ ! -s /etc/munge/munge.key ]]; then
-  mkdir -p /etc/munge
-  if command -v mungekey >/dev/null 2>&1; then mungekey --create --keyfile=/etc/munge/munge.key --force
-  else dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none; fi
-fi
-munge_user=root
-id munge >/dev/null 2>&1 && munge_user=munge
-mkdir -p /var/lib/munge /var/log/munge
-chown -R "$munge_user" /etc/munge /run/munge /var/lib/munge /var/log/munge
-chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
-if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-  pkill_pidfile() { [[ -f $1 ]] && kill "$(cat "$1")" 2>/dev/null || true; }
-  pkill_pidfile /run/munge/munged.pid
-  if [[ $munge_user == munge ]]; then runuser -u munge -- /usr/sbin/munged
-  else /usr/sbin/munged --force; fi
-  for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
-  munge -n | unmunge >/dev/null || die "munged did not start (see /var/log/munge/munged.log)"
-fi
+start_munge
 
 # --- slurm daemons ----------------------------------------------------------------------------------------
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Stop the one-node dev SLURM cluster started by start.sh (slurmd, slurmctld, munged). Packages, config and
-# job state stay; start.sh brings it back. `--quiet` for use from start.sh.
+# job state stay; start.sh brings it back. `--quiet` for use from start.sh. `--nodes`: see multinode.sh.
 set -uo pipefail
+# `--nodes`: the simulated multi-node cluster of `start.sh --nodes N` instead (this one-node cluster stays up).
+[[ "${1:-}" == --nodes* ]] && exec bash "$(dirname "$0")/multinode.sh" down
 quiet=0; [[ "${1:-}" == --quiet ]] && quiet=1
 say() { ((quiet)) || echo "dev-cluster: $*"; }
 

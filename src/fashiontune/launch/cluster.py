@@ -44,6 +44,7 @@ class ClusterConfig:
     job_name: str = ""  # "" = fashiontune-<job>
     python: str = ""  # command that runs python on the nodes; "" = this interpreter
     array_parallelism: int = 64  # shard array tasks running at once
+    slurm_conf: str = ""  # SLURM config of the cluster to submit to (exported as SLURM_CONF); "" = the default
 
     @property
     def num_tasks(self) -> int:

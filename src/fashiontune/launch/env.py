@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, MutableMapping, Optional
@@ -80,8 +81,27 @@ def export(dist: DistEnv, environ: MutableMapping[str, str] | None = None) -> Di
 
 
 def setup(environ: MutableMapping[str, str] | None = None) -> DistEnv:
-    """discover() + export(): call first thing in a job process."""
-    return export(discover(environ), environ)
+    """discover() + check_master() + export(): call first thing in a job process."""
+    return export(check_master(discover(environ), environ), environ)
+
+
+def check_master(dist: DistEnv, environ: Mapping[str, str] | None = None) -> DistEnv:
+    """Every rank must resolve the rendezvous host (the first node of the allocation): say so clearly here,
+    instead of a rendezvous that hangs or fails later with a bare socket error."""
+    if dist.world_size <= 1:
+        return dist
+    try:
+        socket.getaddrinfo(dist.master_addr, dist.master_port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        env = os.environ if environ is None else environ
+        nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "-"
+        raise RuntimeError(
+            f"rank {dist.rank} on {socket.gethostname()}: the rendezvous host MASTER_ADDR={dist.master_addr!r} "
+            f"(source: {dist.source}; SLURM_JOB_NODELIST={nodes}) does not resolve ({e}). Every node must resolve "
+            "the names of the others (DNS or /etc/hosts; `getent hosts <name>` on each node), or export "
+            "MASTER_ADDR=<an address all nodes reach> in the job."
+        ) from e
+    return dist
 
 
 def _int(env: Mapping[str, str], key: str, default: Optional[int] = None) -> int:

@@ -23,6 +23,7 @@ Two things submitit leaves to us:
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 import shutil
@@ -38,8 +39,12 @@ from fashiontune.launch.cluster import ClusterConfig, ExecutorKind
 from fashiontune.launch.task import SIGNAL_NAME, task_command
 
 
-@functools.lru_cache(maxsize=1)
 def _accounting_enabled() -> bool:
+    return _accounting_enabled_for(os.environ.get("SLURM_CONF", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _accounting_enabled_for(slurm_conf: str) -> bool:  # per cluster (SLURM_CONF)
     try:
         out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
@@ -65,7 +70,8 @@ class SlurmStateWatcher(_slurm.SlurmInfoWatcher):
         info: dict[str, dict[str, str]] = {}
         for line in text.splitlines():
             kv = dict(re.findall(r"(\w[\w/:]*)=(\S*)", line))
-            state = {"JobID": kv.get("JobId", ""), "State": kv.get("JobState", ""), "NodeList": kv.get("NodeList", "")}
+            state = {"JobID": kv.get("JobId", ""), "State": kv.get("JobState", ""), "NodeList": kv.get("NodeList", ""),
+                     "Requeue": kv.get("Requeue", "")}
             array_id, task = kv.get("ArrayJobId"), kv.get("ArrayTaskId")
             if array_id and task:
                 for t in _expand_tasks(task):
@@ -80,6 +86,8 @@ class SlurmStateWatcher(_slurm.SlurmInfoWatcher):
         if state in {"CONFIGURING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "REQUEUE_FED",
                      "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"}:
             return False
+        if state == "NODE_FAIL" and self.get_info(job_id, mode="cache").get("Requeue") == "1":
+            return False  # its node died; a requeue-able job goes back to the queue (a rerun resumes it)
         return super().is_done(job_id, mode=mode)
 
 

@@ -13,7 +13,9 @@ task label: a shard range).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import submitit
 
-from fashiontune.config import load_config
+from fashiontune.config import ConfigError, load_config
 from fashiontune.launch import registry
 from fashiontune.launch.cluster import ClusterConfig, ExecutorKind
 from fashiontune.launch.executor import as_slurm_job, log_root, make_executor, sbatch_script
@@ -96,6 +98,28 @@ def dry_run(job: str, cfg: Any, cluster: ClusterConfig) -> str:
     return sbatch_script(cluster, name, single_task=not spec.distributed)
 
 
+@contextlib.contextmanager
+def submit_env(cluster: ClusterConfig):
+    """submitit's clean_env (a job submitted from inside a job must not inherit its SLURM_*), except SLURM_CONF:
+    it names the cluster to submit to (a site's second cluster, the simulated multi-node one). A cluster
+    config's `slurm_conf` sets it for this whole process: job state and cancel (`scontrol`, `scancel`) must
+    reach the same cluster, and sbatch passes it on to the job (whose own `scontrol requeue` needs it too)."""
+    if cluster.executor == ExecutorKind.slurm and cluster.slurm_conf:
+        if not Path(cluster.slurm_conf).is_file():
+            raise ConfigError(f"cluster config: slurm_conf={cluster.slurm_conf!r} does not exist: start that cluster "
+                              "(the simulated multi-node one: sudo bash slurm/dev-cluster/start.sh --nodes 3) or "
+                              "set slurm_conf: '' for the default cluster.")
+        os.environ["SLURM_CONF"] = cluster.slurm_conf
+    conf = os.environ.get("SLURM_CONF")
+    with submitit.helpers.clean_env():
+        if conf is not None:
+            os.environ["SLURM_CONF"] = conf
+        try:
+            yield
+        finally:
+            os.environ.pop("SLURM_CONF", None)  # clean_env puts the caller's value back
+
+
 def _drop_stale_results(jobs: list[submitit.Job], since: float) -> None:
     """A re-created cluster (fresh slurmctld state) hands out job ids again; a result file left in
     <log_dir>/<id>/ by an older job with the same id would otherwise read as this job's result."""
@@ -119,7 +143,7 @@ def _submit(job: str, cfg: Any, cluster: ClusterConfig, since: float) -> Submiss
     if spec.array_size(cfg) > 1:
         return _submit_array(spec, cfg, cluster, run_dir, name, since)
     ex = make_executor(cluster, name, single_task=not spec.distributed)
-    with submitit.helpers.clean_env():  # a job submitted from inside a job must not inherit its SLURM_*
+    with submit_env(cluster):  # a job submitted from inside a job must not inherit its SLURM_*
         j = as_slurm_job(ex.submit(JobRunner(job, cfg, str(run_dir), cluster.max_requeues, cluster.omp_threads)))
     return Submission(job, run_dir, cluster, [j], labels=[job], config=cfg, submitted_at=since)
 
@@ -135,7 +159,7 @@ def _submit_array(spec: registry.JobSpec, cfg: Any, cluster: ClusterConfig, run_
                          cluster.max_requeues, cluster.omp_threads) for i in range(n)]
     ex = make_executor(cluster, name, single_task=True, array=True,
                        task_gpus=min(spec.array.task_gpus, cluster.gpus_per_node))
-    with submitit.helpers.clean_env():
+    with submit_env(cluster):
         with ex.batch():
             delayed = [ex.submit(r) for r in runners]
         jobs = [as_slurm_job(j) for j in delayed]

@@ -172,3 +172,26 @@ def children_survive_usr2() -> list[int]:
         child.join(30)
         codes.append(child.exitcode)
     return codes
+
+
+# -- the simulated multi-node cluster (slurm/dev-cluster/multinode.sh) ------------------------------------
+def kill_node(node: str) -> list[int]:
+    """A node of the simulated multi-node cluster dies: SIGKILL every process in its network namespace (its
+    slurmd, and the job's batch shell, slurmstepd and ranks there). SLURM sees the node stop answering and ends
+    or requeues its jobs (NODE_FAIL); `bash slurm/dev-cluster/start.sh --nodes N` brings it back."""
+    ns = f"ft{node}"
+    pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                                           check=True).stdout.split()]
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def set_node_state(node: str, state: str, reason: str = "test") -> None:
+    """`scontrol update nodename=<node> state=<drain|resume>`: keep new jobs off a node, or put it back."""
+    extra = [f"reason={reason}"] if state in ("drain", "down") else []
+    subprocess.run(["scontrol", "update", f"nodename={node}", f"state={state}", *extra], check=True,
+                   capture_output=True, text=True)

@@ -48,9 +48,21 @@ def process_state(cfg: TrainConfig) -> PartialState:
             os.environ.setdefault("WORLD_SIZE", "1")
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+            if os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]) != os.environ["WORLD_SIZE"]:
+                _skip_single_host_shm_op()
             return PartialState(backend="gloo", **kw)
         return PartialState(**kw)
     return PartialState(cpu=not torch.cuda.is_available() and _launched(), **kw)
+
+
+def _skip_single_host_shm_op() -> None:
+    """Ranks on several nodes: DeepSpeed's CPU shared-memory all-reduce (the deepspeed_shm_comm op) only runs
+    when every rank shares one host (shm_interface.cpp: LOCAL_SIZE == world size), yet DeepSpeed compiles it
+    with ninja on first use (minutes on a small node, racing between nodes over one cache). Marked incompatible,
+    DeepSpeed uses torch.distributed (gloo) without building it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
