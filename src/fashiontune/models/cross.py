@@ -8,7 +8,7 @@ only ever scores a query's dual-encoder top-K, never the whole corpus.
 
     txt = text_tokens(clip, tokens)           # (pooled normalised embedding, B x T x Wt tokens, B x T pad mask)
     img = image_tokens(clip, images)          # (pooled normalised embedding, B x P x Wv patch tokens)
-    scores = cross(txt_tok, txt_pad, img_tok, cosine)     # Q x C: each query against its own C candidates
+    scores = cross(txt_tok[a], txt_pad[a], img_tok[b], cosine)   # M scores of M (caption a, image b) pairs
 
 The score is `dual_weight * cosine + head(...)` with the head's last layer initialised to zero: an untrained
 re-ranker reproduces the dual encoder's order exactly, and training moves it only where the tokens help.
@@ -101,15 +101,12 @@ class CrossEncoder(nn.Module):
         self.dual_weight = nn.Parameter(torch.tensor(float(dual_weight)))
 
     def forward(self, txt: Tensor, pad: Tensor, img: Tensor, cosine: Tensor) -> Tensor:
-        """txt Q x T x Wt, pad Q x T, img Q x C x P x Wv, cosine Q x C (dual-encoder similarity) -> Q x C."""
-        q, c = cosine.shape
-        t = self.text_in(txt.float())[:, None].expand(q, c, -1, -1).reshape(q * c, txt.shape[1], -1)
-        m = pad[:, None].expand(q, c, -1).reshape(q * c, -1)
-        i = self.image_in(img.float()).reshape(q * c, img.shape[2], -1)
-        h = self.layers(t, i, tgt_key_padding_mask=m)
-        keep = (~m).unsqueeze(-1).float()
+        """M (caption, image) pairs: txt M x T x Wt, pad M x T, img M x P x Wv, cosine M (the dual encoder's
+        similarity of the pair) -> M scores."""
+        h = self.layers(self.text_in(txt.float()), self.image_in(img.float()), tgt_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).float()
         pooled = (h * keep).sum(1) / keep.sum(1).clamp(min=1)
-        return self.dual_weight * cosine.float() + self.head(pooled).view(q, c)
+        return self.dual_weight * cosine.float() + self.head(pooled).squeeze(-1)
 
 
 def listwise_loss(scores: Tensor, positive: int = 0) -> Tensor:
