@@ -103,6 +103,8 @@ class CrossEncoder(nn.Module):
     def forward(self, txt: Tensor, pad: Tensor, img: Tensor, cosine: Tensor) -> Tensor:
         """M (caption, image) pairs: txt M x T x Wt, pad M x T, img M x P x Wv, cosine M (the dual encoder's
         similarity of the pair) -> M scores."""
+        n = int((~pad).sum(1).max()) if pad.numel() else 0  # drop the columns that are padding in every pair
+        txt, pad = txt[:, : max(n, 1)], pad[:, : max(n, 1)]
         h = self.layers(self.text_in(txt.float()), self.image_in(img.float()), tgt_key_padding_mask=pad)
         keep = (~pad).unsqueeze(-1).float()
         pooled = (h * keep).sum(1) / keep.sum(1).clamp(min=1)
