@@ -108,6 +108,10 @@ def one(root: Path, seed: int, twins: bool, a) -> dict:
             "ms_per_query": 1000 * b["seconds_per_query"], "seconds": time.perf_counter() - t0}
 
 
+def _sd(x: list[float]) -> float:
+    return statistics.stdev(x) if len(x) > 1 else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
@@ -139,10 +143,9 @@ def main() -> None:
         if not sel:
             continue
         diff = [r["after"] - r["before"] for r in sel]
-        sd = lambda x: statistics.stdev(x) if len(x) > 1 else 0.0  # noqa: E731
-        print(f"{name:8s} {len(sel):5d} {statistics.mean(r['before'] for r in sel):6.3f} ± {sd([r['before'] for r in sel]):.3f}"
-              f" {statistics.mean(r['after'] for r in sel):6.3f} ± {sd([r['after'] for r in sel]):.3f}"
-              f" {statistics.mean(diff):+7.3f} ± {sd(diff):.3f}")
+        bef, aft = [r["before"] for r in sel], [r["after"] for r in sel]
+        print(f"{name:8s} {len(sel):5d} {statistics.mean(bef):6.3f} ± {_sd(bef):.3f} {statistics.mean(aft):6.3f} ± "
+              f"{_sd(aft):.3f} {statistics.mean(diff):+7.3f} ± {_sd(diff):.3f}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 
