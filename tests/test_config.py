@@ -175,6 +175,7 @@ def _evaluated_names(cfg) -> list[str]:
     dict(name="attributes"),  # every field of the manifest
     dict(name="zeroshot", field="colours"),
     dict(name="contrastive"),
+    dict(name="rerank"),
 ], ids=lambda kw: "-".join(str(v) for v in kw.values()))
 def test_declared_metric_names_match_evaluate(kw):
     from fashiontune.tasks.config import TaskConfig, TaskName

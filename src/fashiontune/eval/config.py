@@ -84,6 +84,14 @@ class PlotConfig:
 
 
 @dataclass
+class RerankEvalConfig:
+    # export directory of a task.name=rerank run (reranker.pt + its towers); "" = no re-ranking
+    model: str = ""
+    k: int = 50  # re-order each query's exact top-k (items below keep their dual-encoder rank)
+    pairs_per_batch: int = 2048  # (query, candidate) pairs per cross-encoder forward
+
+
+@dataclass
 class EvalConfig:
     name: str = "eval"
     out_dir: str = ""  # default runs/<name>/eval-<split>
@@ -96,6 +104,7 @@ class EvalConfig:
     category: CategoryConfig = field(default_factory=CategoryConfig)
     classification: ClassificationConfig = field(default_factory=ClassificationConfig)
     plots: PlotConfig = field(default_factory=PlotConfig)
+    rerank: RerankEvalConfig = field(default_factory=RerankEvalConfig)
 
     def validate(self, source: str = "eval config") -> "EvalConfig":
         """Ranges and choices, checked before any work; ConfigError names the key and the allowed range."""
@@ -130,6 +139,11 @@ class EvalConfig:
                 cl.max_confusion_classes, "set an integer >= 0")
         require(self.plots.grid_queries >= 0, source, "plots.grid_queries", self.plots.grid_queries,
                 "set an integer >= 0 (0 = no grid)")
+        require(self.rerank.k >= 1, source, "rerank.k", self.rerank.k, "set an integer >= 1, e.g. 50")
+        require(self.rerank.pairs_per_batch >= 1, source, "rerank.pairs_per_batch", self.rerank.pairs_per_batch,
+                "set an integer >= 1")
+        require(not self.rerank.model or r.enabled, source, "rerank.model", self.rerank.model,
+                "re-ranking re-orders the retrieval top-K: keep retrieval.enabled=true")
         require(self.plots.grid_k >= 1, source, "plots.grid_k", self.plots.grid_k, "set an integer >= 1")
         return self
 

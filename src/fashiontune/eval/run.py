@@ -216,13 +216,15 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
         notes.append("every caption of the split is empty: no text->image / image->text retrieval")
     elif cfg.retrieval.enabled and corpus.text is not None:
         txt = torch.from_numpy(corpus.text).float()
-        k = min(len(corpus), max(max(cfg.retrieval.ks), cfg.plots.grid_k, P.MRR_K))
+        k = min(len(corpus), max(max(cfg.retrieval.ks), cfg.plots.grid_k, P.MRR_K, cfg.rerank.k if cfg.rerank.model else 0))
         ranks = retrieval_ranks(img, txt, corpus.group_ids, corpus.captions, k=k, **kw)
         res["retrieval"] = {d: rank_metrics(r.first_rank, cfg.retrieval.ks) for d, r in ranks.items()}
         res["ir"] = _ir_directions(ranks, corpus, cfg.retrieval.ks)
         for d, r in ranks.items():  # per-query ranks (item order = embeddings/items.json) for error analysis
             out.mkdir(parents=True, exist_ok=True)
             np.save(out / f"ranks_{d}.npy", r.first_rank.numpy())
+        if cfg.rerank.model:
+            res["rerank"] = _rerank(cfg, corpus, ranks, notes)
         if cfg.plots.grid_queries > 0:
             res["plots"].append(str(_grid(cfg, corpus, ranks["t2i"].topk_indices, plots / "topk_t2i.png")))
     if cfg.retrieval.tasks or cfg.retrieval.qrels:
@@ -255,6 +257,36 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
             res["classification"][f"{f}/{meta.get('task', 'head')}"] = _classify(
                 cfg, f, y, logits, spec["vocab"], spec, plots, res, meta.get("task", "head"), threshold=thr)
     return res
+
+
+def _rerank(cfg: EvalConfig, corpus: E.Corpus, ranks: dict, notes: list) -> dict:
+    """Every retrieval metric before and after re-ordering each query's exact top-k with the cross-encoder."""
+    from fashiontune.eval import rerank as R
+    from fashiontune.eval.model import load_eval_model
+    from fashiontune.models.cross import load_reranker
+
+    device = torch.device(cfg.retrieval.device if cfg.retrieval.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    cross, _ = load_reranker(cfg.rerank.model)
+    loaded, _ = load_eval_model(type(cfg.model)(checkpoint=cfg.rerank.model))
+    shards = E.eval_shards(load_manifest(Path(cfg.data.shards)), Path(cfg.data.shards), cfg.data.split)
+    t0 = time.perf_counter()
+    bank = R.embed_bank(loaded, shards, 0, len(corpus), cfg.data.batch_size, device,
+                        cfg.precision.resolve(device.type).value)
+    if bank.keys != corpus.keys:
+        raise ShardDataError(f"{cfg.data.shards}: the re-ranker's pass read the split in another order; rebuild the shards")
+    t_tokens = time.perf_counter() - t0
+    out = R.rerank_block(cross.to(device), bank, ranks, cfg.rerank.k, cfg.retrieval.ks, cfg.rerank.pairs_per_batch)
+    k = min(cfg.rerank.k, len(corpus))
+    notes.append(f"rerank: each query's exact top-{k} re-ordered by {cfg.rerank.model}; items outside the top-{k} "
+                 "keep their dual-encoder rank (so R@K for K > k can only change through the top-k)")
+    for d, block in out.items():
+        print(f"fashiontune eval: rerank {d}: R@1 {block['before']['R@1']:.4f} -> {block['after']['R@1']:.4f}, "
+              f"{1000 * block['seconds_per_query']:.2f} ms per query ({block['queries']} queries x {block['k']} "
+              f"candidates; token pass {t_tokens:.1f} s for {len(corpus)} items). Items outside the top-{k} keep "
+              "their dual-encoder rank.", flush=True)
+        block["token_pass_seconds"] = t_tokens
+    return out
 
 
 def _ir_directions(ranks: dict, corpus: E.Corpus, ks) -> dict:

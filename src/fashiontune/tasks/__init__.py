@@ -31,6 +31,10 @@ def build_task(cfg: TaskConfig, loaded: LoadedModel, manifest: dict, rank: int =
     name = TaskName(cfg.name)
     if name == TaskName.contrastive:
         return ContrastiveTask(cfg, loaded, rank, world_size, manifest)
+    if name == TaskName.rerank:
+        from .rerank import RerankTask
+
+        return RerankTask(cfg, loaded, rank, world_size)
     builders = {
         TaskName.classify: classify.build,
         TaskName.labeltext: labeltext.build,

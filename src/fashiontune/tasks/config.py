@@ -18,6 +18,7 @@ class TaskName(str, enum.Enum):
     multilabel = "multilabel"  # sigmoid head, BCE (pos_weight) or focal loss, tuned threshold
     zeroshot = "zeroshot"  # no training: prompt-ensemble classifier
     attributes = "attributes"  # several label fields at once, one head each
+    rerank = "rerank"  # cross-encoder re-ranker over the frozen towers' tokens, hard negatives from their top-K
 
 
 class FreezeMode(str, enum.Enum):
@@ -113,6 +114,17 @@ class MultiLabelConfig:
 
 
 @dataclass
+class RerankConfig:
+    width: int = 128  # the cross-encoder's width (models/cross.py)
+    layers: int = 2  # decoder layers: text self-attention + text -> image patch cross-attention + MLP
+    heads: int = 4
+    dropout: float = 0.0
+    negatives: int = 7  # hard negatives per caption, drawn each epoch from its dual-encoder top mine_k
+    mine_k: int = 50  # depth of the dual encoder's exact top-K over the whole train split
+    mine_batch_size: int = 0  # items per embedding batch when mining; 0 = data.batch_size
+
+
+@dataclass
 class TaskConfig:
     name: TaskName = TaskName.classify
     field: str = "subCategory"  # label field for classify / labeltext / multilabel / zeroshot
@@ -123,6 +135,7 @@ class TaskConfig:
     prompts: PromptConfig = _field(default_factory=PromptConfig)
     contrastive: ContrastiveConfig = _field(default_factory=ContrastiveConfig)
     multilabel: MultiLabelConfig = _field(default_factory=MultiLabelConfig)
+    rerank: RerankConfig = _field(default_factory=RerankConfig)
 
     def validate(self, source: str = "task config") -> "TaskConfig":
         """Range and choice checks before any model is built; ConfigError names the key and the allowed values.
@@ -130,7 +143,7 @@ class TaskConfig:
         from fashiontune.config import require
 
         name = TaskName(self.name)
-        if name != TaskName.contrastive and not (name in (TaskName.attributes, TaskName.zeroshot) and self.fields):
+        if name not in (TaskName.contrastive, TaskName.rerank) and not (name in (TaskName.attributes, TaskName.zeroshot) and self.fields):
             require(bool(self.field), source, "task.field", self.field, "name a label field of the shards' manifest")
         require(0 <= self.label_smoothing < 1, source, "task.label_smoothing", self.label_smoothing, "set a value in [0, 1)")
         require(self.freeze.stages_per_epoch >= 1, source, "task.freeze.stages_per_epoch", self.freeze.stages_per_epoch,
@@ -151,6 +164,15 @@ class TaskConfig:
         for i, t in enumerate(p.templates):
             require(template_ok(t), source, f"task.prompts.templates[{i}]", t, TEMPLATE_HELP)
         self._validate_contrastive(source)
+        r = self.rerank
+        require(r.width >= 1 and r.heads >= 1 and r.width % r.heads == 0, source, "task.rerank.width", r.width,
+                f"set a width divisible by task.rerank.heads={r.heads}")
+        require(r.layers >= 1, source, "task.rerank.layers", r.layers, "set an integer >= 1")
+        require(r.negatives >= 1, source, "task.rerank.negatives", r.negatives, "set an integer >= 1")
+        require(r.mine_k >= r.negatives, source, "task.rerank.mine_k", r.mine_k,
+                f"set an integer >= task.rerank.negatives={r.negatives}")
+        require(r.mine_batch_size >= 0, source, "task.rerank.mine_batch_size", r.mine_batch_size,
+                "set an integer >= 0 (0 = data.batch_size)")
         m = self.multilabel
         require(m.max_pos_weight >= 1, source, "task.multilabel.max_pos_weight", m.max_pos_weight, "set a value >= 1")
         require(m.focal_alpha < 0 or 0 <= m.focal_alpha <= 1, source, "task.multilabel.focal_alpha", m.focal_alpha,

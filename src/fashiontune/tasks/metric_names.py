@@ -34,6 +34,10 @@ def validation_metrics(cfg: TaskConfig, manifest: Optional[Mapping] = None) -> O
 
     With a manifest, a label field that is unknown or of the wrong kind raises TaskError naming the key."""
     name = TaskName(cfg.name)
+    if name == TaskName.rerank:
+        from .rerank import RERANK_METRICS
+
+        return list(RERANK_METRICS)
     if name == TaskName.contrastive:
         return sorted([f"{d}_R@{k}" for d in ("i2t", "t2i", "mean") for k in RETRIEVAL_KS] + ["loss", "count"])
     fields = _task_fields(cfg)

@@ -163,7 +163,8 @@ class TrainConfig:
     def _check_task(self, source: str) -> None:
         """The task against the model and the shards: text tower, label fields, checkpoint.best_metric. (Else
         these surface after the model is built, or - for best_metric - after the first validation.)"""
-        needs_text = self.task.name in (TaskName.labeltext, TaskName.contrastive, TaskName.zeroshot) or (
+        needs_text = self.task.name in (TaskName.labeltext, TaskName.contrastive, TaskName.zeroshot,
+                                      TaskName.rerank) or (
             self.task.name == TaskName.attributes and self.task.head == HeadKind.prompts)
         if needs_text and self.model.backbone == Backbone.timm:
             raise ConfigError(f"{source}: task.name={TaskName(self.task.name).value} needs a text tower but "

@@ -113,6 +113,8 @@ def setup(cfg: TrainConfig) -> Run:
     loaded = load_clip(cfg.model)
     task = build_task(cfg.task, loaded, manifest, ps.process_index, ps.num_processes)
     acc = make_accelerator(cfg, _find_unused(cfg, task))
+    if hasattr(task, "bind_data"):  # tasks that read the train split themselves (rerank: hard-negative mining)
+        task.bind_data(cfg.data.shards, cfg.data.train_split, cfg.data.batch_size, cfg.loop.seed)
     _write_config(acc, cfg)
 
     common = dict(tokenizer=loaded.tokenizer if task.needs_text else None, fields=list(task.fields),
