@@ -149,3 +149,13 @@ def test_the_screen_is_off_where_it_does_not_pay(monkeypatch):
     assert screen.prepare(wide, 100) is None  # k large for N: the screen would keep too much
     monkeypatch.setattr(screen, "cpu_has_native_bf16", lambda: False)
     assert screen.prepare(wide, 10) is None  # emulated bf16 is slower than fp32
+
+
+def test_many_relevant_candidates_per_query(open_gates):
+    """Category-style relevance (a third of the corpus per query): the top-k places come from a dense mask."""
+    x, c, _ = random_case(4000, 64, 64, seed=11)
+    relevant = np.random.default_rng(11).random((64, 4000)) < 0.3
+    relevant[5] = False
+    res = chunked_rank(x, c, 10, lambda s, e, dev: torch.from_numpy(relevant[s:e]), chunk_size=32, device="cpu")
+    assert open_gates["screened"] == 2
+    assert_matches_float64(res, x, c, relevant, 10)

@@ -138,6 +138,8 @@ class ScreenedChunk:
         self.padded = torch.mm(q_hi, scr.hi.T)  # chunk x N' bf16 (N' = N rounded up to GROUP; pads score 0)
         self.s = self.padded[:, : scr.cand.shape[0]]  # the real candidates' scores
         self.a = scr.bound(q, q_hi)
+        self.key: Tensor | None = None  # int16 view (b x groups x GROUP) and group maxima, once made
+        self.gmax: Tensor | None = None
 
     def topk(self, k: int) -> tuple[Tensor, Tensor] | None:
         """Exact (score desc, index asc) top k per row, as topk.deterministic_topk of the fp32 scores would give;
@@ -163,6 +165,7 @@ class ScreenedChunk:
             return None, None
         key = self.padded.view(torch.int16).view(b, -1, GROUP)
         gmax = key.amax(-1)  # b x groups
+        self.key, self.gmax = key, gmax  # the miss ranks open groups the same way
         t_key = gmax.topk(k, dim=1).values[:, -1]
         if not bool((t_key > 0).all()):
             return None, None
@@ -205,31 +208,63 @@ class ScreenedChunk:
         """1-based rank of each row's best-ranked relevant candidate (-1: none): its place in the exact top k,
         else 1 + #(score > s*) + #(score == s*, index < r*), counted from the bf16 scores where the bound
         decides and from exact scores in the band where it does not (then > k by construction)."""
-        b, n = self.s.shape
-        k = top[0].shape[1]
-        relevant = torch.zeros(b, n, dtype=torch.bool)
-        relevant[rows, cols] = True
-        in_top = relevant.gather(1, top[0])
-        found = in_top.any(1)
-        rank = torch.where(found, in_top.to(torch.int8).argmax(1) + 1, torch.full((b,), -1))
-        miss = ((torch.bincount(rows, minlength=b) > 0) & ~found).nonzero().flatten()
+        b, k = top[0].shape
+        rank = _place_in_top(top[0], rows, cols, self.s.shape[1])
+        miss = ((torch.bincount(rows, minlength=b) > 0) & (rank < 0)).nonzero().flatten()
         if miss.numel():
-            rank[miss] = self._count_ranks(miss, relevant[miss]).clamp(min=k + 1)
+            local = torch.full((b,), -1, dtype=torch.long)
+            local[miss] = torch.arange(miss.numel())
+            keep = local[rows] >= 0
+            r, order = local[rows[keep]].sort(stable=True)
+            rank[miss] = self._count_ranks(miss, r, cols[keep][order]).clamp(min=k + 1)
         return rank
 
-    def _count_ranks(self, miss: Tensor, relevant: Tensor) -> Tensor:
-        q, a, s = self.q[miss], self.a[miss], self.s[miss]
-        rel_idx, rel_ok = _padded(*relevant.nonzero(as_tuple=True), miss.numel())
+    def _count_ranks(self, miss: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """Ranks of the miss rows (their relevant pairs: rows local to miss, ascending)."""
+        q, a = self.q[miss], self.a[miss]
+        rel_idx, rel_ok = _padded(rows, cols, miss.numel())
         rel_s = exact_scores(q, self.scr.cand, rel_idx).masked_fill(~rel_ok, float("-inf"))
         s_star = rel_s.max(1).values
-        r_star = torch.where(rel_ok & (rel_s == s_star[:, None]), rel_idx, s.shape[1]).min(1).values
-        hi = _round_bf16(_above_bound(s_star, a), up=True)[:, None]
-        lo = _round_bf16(_below_bound(s_star, a), up=False)[:, None]
-        above = (s > hi).sum(1)
-        band_idx, band_ok = _padded(*((s >= lo) & (s <= hi)).nonzero(as_tuple=True), miss.numel())
+        r_star = torch.where(rel_ok & (rel_s == s_star[:, None]), rel_idx, self.s.shape[1]).min(1).values
+        hi = _round_bf16(_above_bound(s_star, a), up=True)
+        lo = _round_bf16(_below_bound(s_star, a), up=False)
+        above, band_rows, band_cols = self._above_and_band(miss, hi, lo)
+        band_idx, band_ok = _padded(band_rows, band_cols, miss.numel())
         band_s = exact_scores(q, self.scr.cand, band_idx)
         before = (band_s > s_star[:, None]) | ((band_s == s_star[:, None]) & (band_idx < r_star[:, None]))
         return 1 + above + (before & band_ok).sum(1)
+
+    def _above_and_band(self, miss: Tensor, hi: Tensor, lo: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per miss row: #(bf16 score > hi), and the (row, column) pairs with lo <= score <= hi (rows ascending).
+        With positive thresholds only groups whose maximum reaches lo can hold any (the int16 order of positive
+        bf16 values, as in _candidates_by_groups); otherwise the full rows are compared."""
+        lo_key, hi_key = lo.view(torch.int16), hi.view(torch.int16)
+        if self.gmax is not None and bool((lo_key > 0).all()):
+            gr, gc = (self.gmax[miss] >= lo_key[:, None]).nonzero(as_tuple=True)
+            vals = self.key[miss[gr], gc]  # opened groups x GROUP (zero pads: key 0 < lo_key)
+            above = torch.zeros(miss.numel(), dtype=torch.long).index_add_(0, gr, (vals > hi_key[gr, None]).sum(1))
+            band = (vals >= lo_key[gr, None]) & (vals <= hi_key[gr, None])
+            cols = (gc[:, None] * GROUP + torch.arange(GROUP))[band]
+            return above, gr[:, None].expand_as(band)[band], cols
+        s = self.s[miss]
+        above = (s > hi[:, None]).sum(1)
+        band_rows, band_cols = ((s >= lo[:, None]) & (s <= hi[:, None])).nonzero(as_tuple=True)
+        return above, band_rows, band_cols
+
+
+def _place_in_top(top_i: Tensor, rows: Tensor, cols: Tensor, n: int) -> Tensor:
+    """Per row, the 1-based place of its first relevant candidate in its top-k list, -1 if none is there."""
+    b, k = top_i.shape
+    if rows.numel() * k <= b * n:  # few relevant pairs: compare each with its row's list
+        hit = top_i[rows] == cols[:, None]
+        place = torch.where(hit.any(1), hit.to(torch.int8).argmax(1), k)
+        best = torch.full((b,), k, dtype=torch.long).scatter_reduce(0, rows, place, "amin")
+    else:  # many: a dense mask of the chunk
+        relevant = torch.zeros(b, n, dtype=torch.bool)
+        relevant[rows, cols] = True
+        in_top = relevant.gather(1, top_i)
+        best = torch.where(in_top.any(1), in_top.to(torch.int8).argmax(1), k)
+    return torch.where(best < k, best + 1, -1)
 
 
 def _padded(rows: Tensor, cols: Tensor, m: int) -> tuple[Tensor, Tensor]:
