@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_slurm_train_eval import _flat
 
 from fashiontune.cli import main
 from fashiontune.launch import devcluster
@@ -299,15 +300,6 @@ def test_eval_job_across_two_nodes_equals_a_local_evaluation(trained):
     for key in ("retrieval", "category", "classification"):
         assert _flat(remote[key]) == pytest.approx(_flat(local[key]), abs=1e-6), key
 
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float)):
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @pytest.mark.slow  # the `trained` fixture: six 4-rank runs
