@@ -300,7 +300,7 @@ def chunked_rank(
     chunk = chunk_size or auto_chunk_size(n, memory_budget_bytes or default_budget(dev), q_total)
     scorer = _Scorer(cand, k, dev, tiling, min(chunk, q_total), screen)
     if scorer.screen is not None:  # its bf16 block and top-k passes stay in cache with small chunks
-        chunk = min(chunk, SCREEN_CHUNK)
+        chunk = scorer.max_chunk = max(1, min(chunk, SCREEN_CHUNK, q_total))  # (an fp32 fallback's buffer too)
     top_i, top_s, ranks = [], [], []
     for s in range(0, q_total, chunk):
         e = min(q_total, s + chunk)
