@@ -74,7 +74,9 @@ def prepare(cand: Tensor, k: int) -> Screen | None:
     cand = cand.contiguous()
     hi = torch.zeros(n + (-n % GROUP), cand.shape[1], dtype=torch.bfloat16)  # zero rows up to a whole group
     hi[:n] = cand
-    c_max, lo_max = float(cand.norm(dim=1).max()), float((cand - hi[:n].float()).norm(dim=1).max())
+    # |c - bf16(c)| <= U |c| per entry, so |c_lo| <= U |c|: no pass over a float copy (it cost ~70% of the set-up)
+    c_max = float(cand.norm(dim=1).max())
+    lo_max = U * c_max
     scr = Screen(cand, hi, c_max, c_max + lo_max, lo_max)  # |c_hi| <= |c| + |c_lo|
     return scr if _bound_holds(scr) else None
 
