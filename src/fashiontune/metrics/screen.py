@@ -4,15 +4,18 @@ AVX512-BF16/AMX costs a third to a half of it).
 
 Exactness does not rest on bf16 being "close enough": every bf16 score s~ is within a proven bound of the fp32
 score s, |s~ - s| <= a_q + b |s~|, where
-    a_q = |q_hi| |c_lo|max + |q_lo| |c_hi|max + |q_lo| |c_lo|max     (inputs rounded to bf16: x = x_hi + x_lo)
+    a_q = |q_hi| |c_lo|max + |q_lo| |c_hi|max + |q_lo| |c_lo|max     (inputs rounded to bf16: x = x_hi + x_lo;
+                                                                     |q_lo| measured, |c_lo| <= u |c| per row)
           + gamma_d (|q| |c|max + |q_hi| |c_hi|max)                  (fp32 accumulation in both GEMMs)
     b   = u / (1 - u), u = 2^-8                                       (the bf16 output's rounding)
 with gamma_d = d 2^-24 / (1 - d 2^-24) and Cauchy-Schwarz for the sums of |x_i y_i|; a safety factor covers the
 arithmetic of the bound itself. If t~ is a row's K-th bf16 score, at least K candidates have s >= t~ - a - b|t~|
 (=: L), so every member of the true top K has s >= L, hence s~ >= tau where tau + a + b|tau| = L. Rescoring
 every candidate with s~ >= tau in fp32 and ranking those exactly gives the fp32 top K with the kernel's
-(score desc, index asc) order. A query whose first relevant candidate is outside its top K is ranked over its
-full fp32 row by the fp32 kernel (topk.first_relevant_rank), as is a chunk whose screen keeps too many.
+(score desc, index asc) order (t~ may be replaced by any lower bound: the k-th largest group maximum is one).
+A query whose first relevant candidate (fp32 score s*) is outside its top K is ranked the same way: a bf16 score
+the bound puts surely above or below s* is counted from bf16, the band between is rescored in fp32. A chunk whose
+screen keeps too many candidates is scored by the fp32 kernel instead.
 
 torch's bf16 GEMM accumulates in fp32 (oneDNN); `prepare` checks the bound on a sample of the data before use and
 declines (the caller runs fp32) if it does not hold there.
@@ -51,7 +54,7 @@ def cpu_has_native_bf16() -> bool:
 class Screen:
     cand: Tensor  # N x d fp32, the candidates
     hi: Tensor  # N' x d bf16, the candidates rounded, zero rows up to a multiple of GROUP (their scores are 0)
-    c_max: float  # max |c|, |c_hi|, |c_lo| over candidates
+    c_max: float  # max |c| over candidates, and bounds on max |c_hi|, max |c_lo|
     hi_max: float
     lo_max: float
 

@@ -11,8 +11,8 @@ import asyncio
 import queue
 import threading
 from collections import Counter
-from concurrent.futures import Future
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Generic, TypeVar
 
 T = TypeVar("T")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from fashiontune.index.build import FORMAT
 from fashiontune.index.locate import read_image_bytes
 from fashiontune.serve.batching import Batcher
 
-CPU = torch.device("cpu")  # the app embeds one query at a time: no GPU needed
+CPU = torch.device("cpu")  # the app embeds single uploads and small text batches: no GPU needed
 TEXT_BATCH = 32  # most queries run in one text-search batch
 BATCH_WORKERS = 2  # batches computed at once: one per core of the 2-core machine it was measured on
 ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale: softmax(100 * cosine) over a field's label prompts
