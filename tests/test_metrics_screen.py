@@ -8,6 +8,8 @@ too many. A counter proves the screened path ran. Seconds on one core."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -23,12 +25,13 @@ def open_gates(monkeypatch):
     monkeypatch.setattr(screen, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(screen, "MIN_CANDIDATES", 1)
     monkeypatch.setattr(screen, "MIN_DIM", 1)
-    calls = {"screened": 0, "fallback": 0}
+    calls = {"screened": 0, "fallback": 0, "threads": set()}
     real = screen.ScreenedChunk.topk
 
     def counted(self, k):
         out = real(self, k)
         calls["screened" if out is not None else "fallback"] += 1
+        calls["threads"].add(threading.get_ident())
         return out
 
     monkeypatch.setattr(screen.ScreenedChunk, "topk", counted)
@@ -159,3 +162,29 @@ def test_many_relevant_candidates_per_query(open_gates):
     res = chunked_rank(x, c, 10, lambda s, e, dev: torch.from_numpy(relevant[s:e]), chunk_size=32, device="cpu")
     assert open_gates["screened"] == 2
     assert_matches_float64(res, x, c, relevant, 10)
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_chunks_in_parallel_equal_chunks_one_at_a_time(open_gates, monkeypatch, fallback):
+    """Two torch threads score two chunks side by side (one thread each; topk._map_chunks): the same results,
+    bit for bit, as one thread, with the fp32 fallback's buffer per thread, and the thread count restored."""
+    if fallback:
+        monkeypatch.setattr(screen, "KEEP_FACTOR", 1)
+        monkeypatch.setattr(screen, "MAX_KEEP_SHARE", 0.003)
+    x, c, relevant = random_case(2000, 200, 32, seed=8)
+    before = torch.get_num_threads()
+    runs = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            open_gates["threads"].clear()
+            runs[threads] = chunked_rank(x, c, 5, lambda s, e, dev: torch.from_numpy(relevant[s:e]), chunk_size=20,
+                                         device="cpu")
+            assert torch.get_num_threads() == threads
+            assert len(open_gates["threads"]) == threads  # the chunks did run side by side
+    finally:
+        torch.set_num_threads(before)
+    for field in ("topk_indices", "topk_scores", "first_rank"):
+        assert torch.equal(getattr(runs[1], field), getattr(runs[2], field)), field
+    assert open_gates["fallback" if fallback else "screened"] == 20 and open_gates["screened" if fallback else "fallback"] == 0
+    assert_matches_float64(runs[2], x, c, relevant, 5)

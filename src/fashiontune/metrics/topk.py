@@ -18,6 +18,8 @@ only for the rest.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,7 +27,8 @@ import torch
 from torch import Tensor
 
 # (query_start, query_end, device) -> which candidates are relevant to queries start..end-1: either a dense
-# bool mask (end - start) x N, or sparse (rows, cols) index tensors (rows relative to start; duplicates allowed)
+# bool mask (end - start) x N, or sparse (rows, cols) index tensors (rows relative to start; duplicates allowed).
+# Called from the worker threads of _map_chunks: a pure function of its arguments.
 RelevanceFn = Callable[[int, int, torch.device], "Tensor | tuple[Tensor, Tensor]"]
 
 # bytes per (query, candidate) pair we hold at once: fp32 score + ~4 bool/compare temporaries + slack
@@ -301,21 +304,37 @@ def chunked_rank(
     scorer = _Scorer(cand, k, dev, tiling, min(chunk, q_total), screen)
     if scorer.screen is not None:  # its bf16 block and top-k passes stay in cache with small chunks
         chunk = scorer.max_chunk = max(1, min(chunk, SCREEN_CHUNK, q_total))  # (an fp32 fallback's buffer too)
-    top_i, top_s, ranks = [], [], []
-    for s in range(0, q_total, chunk):
-        e = min(q_total, s + chunk)
+
+    def one(s: int, e: int) -> tuple[Tensor, Tensor, Tensor | None]:
         rel = _sparse_relevance(relevance(s, e, dev), s, e, n, dev) if relevance is not None else None
-        i, v, rank = scorer.chunk(queries[s:e].to(dev, torch.float32), rel)
-        top_i.append(i.cpu())
-        top_s.append(v.cpu())
-        if rank is not None:
-            ranks.append(rank.cpu())
+        return scorer.chunk(queries[s:e].to(dev, torch.float32), rel)
+
+    ranges = [(s, min(q_total, s + chunk)) for s in range(0, q_total, chunk)]
+    parts = _map_chunks(one, ranges, parallel=scorer.screen is not None)
+    top_i = [i.cpu() for i, _, _ in parts]
+    top_s = [v.cpu() for _, v, _ in parts]
+    ranks = [r.cpu() for _, _, r in parts if r is not None]
     empty_i = torch.empty(0, k, dtype=torch.long)
     return RankResult(
         topk_indices=torch.cat(top_i) if top_i else empty_i,
         topk_scores=torch.cat(top_s) if top_s else torch.empty(0, k),
         first_rank=(torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)) if relevance else None,
     )
+
+
+def _map_chunks(fn: Callable, ranges: list[tuple[int, int]], parallel: bool) -> list:
+    """fn(start, end) for every query chunk, in order. In parallel: one chunk per torch thread at once, each
+    chunk on one thread, because the screen's passes after its GEMM (group maxima, selection, rescoring) run
+    on one thread each: chunks side by side keep every core busy where one chunk at a time would leave all but
+    one idle for half the time. Memory: one chunk's working set per thread."""
+    threads = torch.get_num_threads()
+    if not parallel or threads < 2 or len(ranges) < 2:
+        return [fn(*r) for r in ranges]
+    try:  # each worker runs its ops on its own thread; torch.set_num_threads is per OpenMP thread + a global default
+        with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            return list(pool.map(lambda r: fn(*r), ranges))
+    finally:
+        torch.set_num_threads(threads)  # the default new threads start with, which the workers lowered
 
 
 def _sparse_relevance(rel, s: int, e: int, n: int, dev: torch.device) -> tuple[Tensor, Tensor]:
@@ -337,12 +356,13 @@ class _Scorer:
         self.screen = screening.prepare(cand, k) if screen else None
         # a GPU runs one GEMM over the whole corpus; the CPU one cache-sized tile at a time
         self.tiles = _tiles(cand, max(1, -(-self.n // self.g)) * self.g if dev.type == "cuda" else tiling.block)
-        self.max_chunk, self._buf = max_chunk, None
+        self.max_chunk, self._local = max_chunk, threading.local()  # a buffer per thread (chunks in parallel)
 
     def _block(self, q: Tensor) -> _ScoreBlock:
-        if self._buf is None:  # allocated once, on first fp32 use
-            self._buf = torch.empty(len(self.tiles), self.max_chunk, self.tiles[0].shape[0], device=q.device)
-        return _ScoreBlock(q, self.tiles, self.n, self._buf, self.g)
+        buf = getattr(self._local, "buf", None)
+        if buf is None:  # allocated once per thread, on first fp32 use
+            buf = self._local.buf = torch.empty(len(self.tiles), self.max_chunk, self.tiles[0].shape[0], device=q.device)
+        return _ScoreBlock(q, self.tiles, self.n, buf, self.g)
 
     def chunk(self, q: Tensor, rel: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor | None]:
         from fashiontune.metrics.screen import ScreenedChunk
