@@ -122,28 +122,29 @@ def screen_threshold(kth: Tensor, a: Tensor) -> Tensor:
     return _round_bf16(_below_bound(kth - a - B * kth.abs(), a), up=False)
 
 
-def exact_scores(q: Tensor, cand: Tensor, idx: Tensor) -> Tensor:
-    """fp32 q_i . cand[idx_ij] (q: m x d, idx: m x w), without gathering the rows (faiss's SIMD inner products;
-    every exact score of the screen comes from here, so equal vectors score equally)."""
+def exact_scores(q: Tensor, cand: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """fp32 q[rows_j] . cand[cols_j] for ragged (row, column) pairs, without gathering the vectors (faiss's SIMD
+    inner products; every exact score of the screen comes from here, so equal vectors score equally)."""
     import faiss
 
-    idx = idx.contiguous()
-    out = torch.empty(idx.shape, dtype=torch.float32)
-    if idx.numel():
-        qc = q.contiguous()
-        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out.numpy()), faiss.swig_ptr(qc.numpy()),
-                                         faiss.swig_ptr(cand.numpy()), faiss.swig_ptr(idx.numpy()),
-                                         q.shape[1], idx.shape[0], idx.shape[1])
+    out = torch.empty(rows.shape, dtype=torch.float32)
+    if rows.numel():
+        qc, r, c = q.contiguous(), rows.contiguous(), cols.contiguous()
+        faiss.pairwise_indexed_inner_product(q.shape[1], rows.numel(), faiss.swig_ptr(qc.numpy()),
+                                             faiss.swig_ptr(r.numpy()), faiss.swig_ptr(cand.numpy()),
+                                             faiss.swig_ptr(c.numpy()), faiss.swig_ptr(out.numpy()))
     return out
 
 
 class ScreenedChunk:
     """One query chunk scored in bf16 against every candidate; exact top k and ranks derived from it."""
 
-    def __init__(self, scr: Screen, q: Tensor):
+    def __init__(self, scr: Screen, q: Tensor, buf: Tensor | None = None):
+        """buf: at least chunk x N' bf16, reused across chunks (a fresh block per chunk costs page faults)."""
         self.scr, self.q = scr, q.contiguous()
         q_hi = q.to(torch.bfloat16)
-        self.padded = torch.mm(q_hi, scr.hi.T)  # chunk x N' bf16 (N' = N rounded up to GROUP; pads score 0)
+        out = buf[: q.shape[0]] if buf is not None else None
+        self.padded = torch.mm(q_hi, scr.hi.T, out=out)  # chunk x N' bf16 (N' = N rounded up to GROUP; pads score 0)
         self.s = self.padded[:, : scr.cand.shape[0]]  # the real candidates' scores
         self.a = scr.bound(q, q_hi)
         self.key: Tensor | None = None  # int16 view (b x groups x GROUP) and group maxima, once made
@@ -159,7 +160,9 @@ class ScreenedChunk:
             idx, ok = self._candidates(k)
         if idx is None:
             return None
-        exact = exact_scores(self.q, self.scr.cand, idx).masked_fill(~ok, float("-inf"))  # >= k valid per row
+        exact = torch.full(idx.shape, float("-inf"))  # >= k valid entries per row; padding never ranks
+        r, c = ok.nonzero(as_tuple=True)
+        exact[r, c] = exact_scores(self.q, self.scr.cand, r, idx[r, c])
         pos, top_v = deterministic_topk(exact, k)
         return idx.gather(1, pos), top_v
 
@@ -223,27 +226,25 @@ class ScreenedChunk:
             local = torch.full((b,), -1, dtype=torch.long)
             local[miss] = torch.arange(miss.numel())
             keep = local[rows] >= 0
-            r, order = local[rows[keep]].sort(stable=True)
-            rank[miss] = self._count_ranks(miss, r, cols[keep][order]).clamp(min=k + 1)
+            rank[miss] = self._count_ranks(miss, local[rows[keep]], cols[keep]).clamp(min=k + 1)
         return rank
 
     def _count_ranks(self, miss: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-        """Ranks of the miss rows (their relevant pairs: rows local to miss, ascending)."""
-        q, a = self.q[miss], self.a[miss]
-        rel_idx, rel_ok = _padded(rows, cols, miss.numel())
-        rel_s = exact_scores(q, self.scr.cand, rel_idx).masked_fill(~rel_ok, float("-inf"))
-        s_star = rel_s.max(1).values
-        r_star = torch.where(rel_ok & (rel_s == s_star[:, None]), rel_idx, self.s.shape[1]).min(1).values
+        """Ranks of the miss rows (their relevant pairs: rows local to miss)."""
+        q, a, m = self.q[miss], self.a[miss], miss.numel()
+        rel_s = exact_scores(q, self.scr.cand, rows, cols)
+        s_star = torch.full((m,), float("-inf")).scatter_reduce(0, rows, rel_s, "amax")
+        at = rel_s == s_star[rows]
+        r_star = torch.full((m,), self.s.shape[1], dtype=torch.long).scatter_reduce(0, rows[at], cols[at], "amin")
         hi = _round_bf16(_above_bound(s_star, a), up=True)
         lo = _round_bf16(_below_bound(s_star, a), up=False)
         above, band_rows, band_cols = self._above_and_band(miss, hi, lo)
-        band_idx, band_ok = _padded(band_rows, band_cols, miss.numel())
-        band_s = exact_scores(q, self.scr.cand, band_idx)
-        before = (band_s > s_star[:, None]) | ((band_s == s_star[:, None]) & (band_idx < r_star[:, None]))
-        return 1 + above + (before & band_ok).sum(1)
+        band_s = exact_scores(q, self.scr.cand, band_rows, band_cols)
+        before = (band_s > s_star[band_rows]) | ((band_s == s_star[band_rows]) & (band_cols < r_star[band_rows]))
+        return 1 + above + torch.bincount(band_rows[before], minlength=m)
 
     def _above_and_band(self, miss: Tensor, hi: Tensor, lo: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per miss row: #(bf16 score > hi), and the (row, column) pairs with lo <= score <= hi (rows ascending).
+        """Per miss row: #(bf16 score > hi), and the (row, column) pairs with lo <= score <= hi.
         With positive thresholds only groups whose maximum reaches lo can hold any (the int16 order of positive
         bf16 values, as in _candidates_by_groups); otherwise the full rows are compared."""
         lo_key, hi_key = lo.view(torch.int16), hi.view(torch.int16)

@@ -368,7 +368,10 @@ class _Scorer:
         from fashiontune.metrics.screen import ScreenedChunk
 
         if self.screen is not None:
-            sc = ScreenedChunk(self.screen, q)
+            buf = getattr(self._local, "screen_buf", None)
+            if buf is None:  # the bf16 block, once per thread
+                buf = self._local.screen_buf = self.screen.hi.new_empty(self.max_chunk, self.screen.hi.shape[0])
+            sc = ScreenedChunk(self.screen, q, buf)
             top = sc.topk(self.k)
             if top is not None:
                 return *top, (sc.first_rank(top, *rel) if rel is not None else None)
