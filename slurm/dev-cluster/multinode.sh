@@ -17,6 +17,7 @@
 # Exits 3 when this machine cannot host it (not root), 1 when something broke (see /var/log/slurm/*multi*).
 # Env: DEV_SLURM_MULTI_CPUS (CPUs each node advertises, default 4: two 2-task jobs may share a node), DEV_SLURM_MULTI_PARTITION (default multi).
 set -euo pipefail
+source "$(cd "$(dirname "$0")" && pwd)/common.conf.sh"
 
 CONF_DIR=/etc/slurm-multi
 CONF=$CONF_DIR/slurm.conf
@@ -62,9 +63,6 @@ ClusterName=fashiontune-multi
 SlurmctldHost=$(hostname)($NET.1)
 SlurmctldPort=6917
 SlurmdPort=6918
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
 # cred_expire also sets how long a requeued job waits before it may start again (default 120 s; minimum 5).
 AuthInfo=cred_expire=5
 StateSaveLocation=$STATE
@@ -74,26 +72,10 @@ SlurmdPidFile=/run/slurmd-multi-%n.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld-multi.log
 SlurmdLogFile=$LOG_DIR/slurmd-multi-%n.log
 FirstJobId=700000
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/builtin
-SchedulerParameters=sched_interval=2
-MpiDefault=none
-ReturnToService=2
-JobRequeue=1
-KillWait=5
-KillOnBadExit=1
-InactiveLimit=0
 # A node whose slurmd stops answering is DOWN after 10 s (its jobs: NODE_FAIL, requeued when --requeue).
 SlurmdTimeout=10
-MinJobAge=3600
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
-SlurmdParameters=config_overrides
 EOF
+    slurm_common_conf
     for ((i = 1; i <= n; i++)); do
       echo "NodeName=$(node "$i") NodeAddr=$(addr "$i") CPUs=$CPUS RealMemory=$mem State=UNKNOWN"
     done

@@ -30,6 +30,7 @@ CONF_DIR=/etc/slurm
 CONF="$CONF_DIR/slurm.conf"
 LOG_DIR=/var/log/slurm
 HERE="$(cd "$(dirname "$0")" && pwd)"
+source "$HERE/common.conf.sh"
 t0=$(date +%s)
 
 die() { echo "dev-cluster: $*" >&2; exit 1; }
@@ -106,13 +107,11 @@ mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$probe")
 [[ -n "$host" && -n "$cpus" && -n "$mem" ]] || die "could not parse 'slurmd -C' output: $probe"
 (( cpus >= MIN_CPUS )) || cpus=$MIN_CPUS
 mkdir -p "$CONF_DIR" "$LOG_DIR" /var/spool/slurmctld /var/spool/slurmd /run/munge
-cat >"$CONF.tmp" <<EOF
+{
+  cat <<EOF
 # Written by slurm/dev-cluster/start.sh from \`slurmd -C\` ($probe)
 ClusterName=fashiontune-dev
 SlurmctldHost=$host(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
 # cred_expire also sets how long a requeued job waits before it may start again (default 120 s).
 AuthInfo=cred_expire=10
 StateSaveLocation=/var/spool/slurmctld
@@ -121,30 +120,11 @@ SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
 SlurmdLogFile=$LOG_DIR/slurmd.log
-# No cgroups in a container: track processes by parent pid, no task binding.
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/builtin
-SchedulerParameters=sched_interval=2
-MpiDefault=none
-ReturnToService=2
-# Preemption/requeue: submitit requeues itself with \`scontrol requeue\`; kill stragglers fast.
-JobRequeue=1
-KillWait=5
-KillOnBadExit=1
-InactiveLimit=0
-# No accounting database here: keep finished jobs visible to \`scontrol show job\` for an hour.
-MinJobAge=3600
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
-# The node may advertise more CPUs than it has (DEV_SLURM_MIN_CPUS), so trust this file over the probe.
-SlurmdParameters=config_overrides
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=7-00:00:00 State=UP
 EOF
+  slurm_common_conf
+  echo "NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN"
+  echo "PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=7-00:00:00 State=UP"
+} >"$CONF.tmp"
 conf_changed=1
 if [[ -f "$CONF" ]] && cmp -s <(grep -v '^# Written' "$CONF") <(grep -v '^# Written' "$CONF.tmp"); then
   conf_changed=0
