@@ -76,7 +76,8 @@ def prepare(cand: Tensor, k: int) -> Screen | None:
     if not cpu_has_native_bf16():
         return None
     cand = cand.contiguous()
-    hi = torch.zeros(n + (-n % GROUP), cand.shape[1], dtype=torch.bfloat16)  # zero rows up to a whole group
+    hi = torch.empty(n + (-n % GROUP), cand.shape[1], dtype=torch.bfloat16)
+    hi[n:] = 0  # zero rows up to a whole group
     lo_max = 0.0
     for s in range(0, n, SETUP_BLOCK):  # round and measure |c_lo| while a block is in cache: one pass over cand
         c = cand[s : s + SETUP_BLOCK]
@@ -186,11 +187,10 @@ class ScreenedChunk:
             return None, None
         gr, gc = (gmax >= tau_key[:, None]).nonzero(as_tuple=True)  # row-major, groups ascending
         vals = key.view(-1, GROUP).index_select(0, gr * key.shape[1] + gc)  # opened groups x GROUP (row copies)
-        keep = vals >= tau_key[gr, None]  # zero pads (key 0 < tau_key) never pass
-        if int(keep.sum()) > MAX_KEEP_SHARE * self.s.shape[1] * b:
+        rows, cols = _members(gr, gc, vals >= tau_key[gr, None])  # zero pads (key 0 < tau_key) never pass
+        if rows.numel() > MAX_KEEP_SHARE * self.s.shape[1] * b:
             return None, None
-        cols = (gc[:, None] * GROUP + torch.arange(GROUP))[keep]
-        return _padded(gr[:, None].expand_as(keep)[keep], cols, b)
+        return _padded(rows, cols, b)
 
     def _candidates(self, k: int) -> tuple[Tensor | None, Tensor]:
         """Per row, ascending, every column whose bf16 score reaches the row's threshold tau (m x width, padded;
@@ -253,9 +253,7 @@ class ScreenedChunk:
             flat = miss[gr] * self.key.shape[1] + gc
             vals = self.key.view(-1, GROUP).index_select(0, flat)  # opened groups x GROUP (zero pads: key 0 < lo_key)
             above = torch.zeros(miss.numel(), dtype=torch.long).index_add_(0, gr, (vals > hi_key[gr, None]).sum(1))
-            band = (vals >= lo_key[gr, None]) & (vals <= hi_key[gr, None])
-            cols = (gc[:, None] * GROUP + torch.arange(GROUP))[band]
-            return above, gr[:, None].expand_as(band)[band], cols
+            return above, *_members(gr, gc, (vals >= lo_key[gr, None]) & (vals <= hi_key[gr, None]))
         s = self.s[miss]
         above = (s > hi[:, None]).sum(1)
         band_rows, band_cols = ((s >= lo[:, None]) & (s <= hi[:, None])).nonzero(as_tuple=True)
@@ -275,6 +273,13 @@ def _place_in_top(top_i: Tensor, rows: Tensor, cols: Tensor, n: int) -> Tensor:
         in_top = relevant.gather(1, top_i)
         best = torch.where(in_top.any(1), in_top.to(torch.int8).argmax(1), k)
     return torch.where(best < k, best + 1, -1)
+
+
+def _members(gr: Tensor, gc: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(row, column) of the True entries of mask (opened groups x GROUP; group j of them = row gr[j], group gc[j]),
+    row-major: one nonzero over the mask, then gathers of the few hits (not index matrices of the mask's size)."""
+    g, j = mask.nonzero(as_tuple=True)
+    return gr[g], gc[g] * GROUP + j
 
 
 def _padded(rows: Tensor, cols: Tensor, m: int) -> tuple[Tensor, Tensor]:
