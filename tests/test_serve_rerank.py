@@ -142,6 +142,7 @@ def test_a_mismatched_reranker_or_an_index_without_tokens_is_refused_at_start_up
         app(index, f"rerank.model={tmp_path}")
     with pytest.raises(ConfigError, match="rerank.k=0 is invalid"):
         app(index, f"rerank.model={export}", "rerank.k=0")
-    assert main(["serve", str(index), f"rerank.model={other}"]) == 2
+    assert main(["serve", str(index), "--port", "9", f"rerank.model={other}"]) == 2  # an override after the options
     err = capsys.readouterr().err
     assert "reranker.json" in err and "index.json" in err and "tokens=true" in err
+

@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted upload, in pixels")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch / faiss threads per request (requests run concurrently; 1 suits a few cores)")
+    parser.set_defaults(overrides=[])  # key=value after the options land here (cli.parse_any_order)
 
 
 def build_app(indexes: list[str], max_upload_mb: float = 10.0, max_pixels: int = 40_000_000, threads: int = 1,
@@ -54,7 +55,7 @@ def build_app(indexes: list[str], max_upload_mb: float = 10.0, max_pixels: int =
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    app = build_app(args.indexes, args.max_upload_mb, args.max_pixels, args.threads)
+    app = build_app(args.indexes, args.max_upload_mb, args.max_pixels, args.threads, args.overrides)
     print(f"fashiontune serve: http://{args.host}:{args.port}/  (Ctrl-C to stop)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
