@@ -6,12 +6,14 @@ head is given random weights (an arbitrary re-ordering), and an index built from
   job's token bank (the eval code path); results beyond k keep the dual order; the response says so;
 - an untrained re-ranker (zero head) serves the dual encoder's order;
 - a batch of queries gets what one-at-a-time queries get;
-- a re-ranker of other towers, or an index without tokens, is refused at start-up with the file and the fix.
+- a re-ranker of other towers, an index without tokens, or a reranker.pt carrying a pickle payload is refused at
+  start-up with the file and the fix (the payload never runs).
 Cost on one busy core: ~20 s once (shards, exports, index, token bank), then ~1 s per test.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,14 @@ def test_a_mismatched_reranker_or_an_index_without_tokens_is_refused_at_start_up
         app(plain, f"rerank.model={export}")
     with pytest.raises(UserError, match="reranker.json.*task.name=rerank"):
         app(index, f"rerank.model={tmp_path}")
+    from test_faults_pickles import plant
+
+    evil, marker = tmp_path / "evil", tmp_path / "PAYLOAD_RAN"
+    shutil.copytree(export, evil)
+    plant(evil / "reranker.pt", marker)  # runs `touch marker` if unpickled unsafely
+    with pytest.raises(UserError, match=r"reranker.pt do not load as a weights-only re-ranker.*nothing in them was run"):
+        app(index, f"rerank.model={evil}")
+    assert not marker.exists()
     with pytest.raises(ConfigError, match="rerank.k=0 is invalid"):
         app(index, f"rerank.model={export}", "rerank.k=0")
     assert main(["serve", str(index), "--port", "9", f"rerank.model={other}"]) == 2  # an override after the options

@@ -14,6 +14,7 @@ under a re-trained cross-encoder (the towers are frozen in task.name=rerank).
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,13 @@ import numpy as np
 import torch
 
 from fashiontune.errors import UserError
+from fashiontune.models.cross import (
+    RERANKER_INFO,
+    RERANKER_WEIGHTS,
+    TokenError,
+    _check_tokens,
+    load_reranker,
+)
 from fashiontune.serve.config import ServeRerankConfig
 
 
@@ -28,7 +36,6 @@ class Reranker:
     def __init__(self, cat, cfg: ServeRerankConfig):
         from fashiontune.eval.config import EvalModelConfig
         from fashiontune.eval.model import load_eval_model
-        from fashiontune.models.cross import RERANKER_INFO, load_reranker
 
         export = cfg.model
         if not cat.info.get("has_text"):
@@ -37,9 +44,11 @@ class Reranker:
             self.cross, self.meta = load_reranker(export)  # weights via torch.load(weights_only=True): no code runs
         except FileNotFoundError as e:
             raise UserError(str(e)) from e
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise UserError(f"rerank.model={export}: {Path(export) / RERANKER_INFO} or its weights do not load "
-                            f"({type(e).__name__}: {e}); export the task.name=rerank run again.") from e
+        except (pickle.UnpicklingError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise UserError(f"rerank.model={export}: {Path(export) / RERANKER_INFO} / {RERANKER_WEIGHTS} do not load "
+                            f"as a weights-only re-ranker ({type(e).__name__}: {first}); nothing in them was run. "
+                            "Export the task.name=rerank run again.") from e
         self.loaded, _ = load_eval_model(EvalModelConfig(checkpoint=export))  # the re-ranker's own towers
         self.export, self.k, self.pairs_per_batch = export, cfg.k, cfg.pairs_per_batch
         _check_towers(cat, self.loaded.model, self.cross, export, self.meta.get("model"))
@@ -67,8 +76,6 @@ class Reranker:
 
 def _check_towers(cat, towers: torch.nn.Module, cross, export: str, name) -> None:
     """The re-ranker's towers must be the index's (same parameters, equal weights) and fit its cross-encoder."""
-    from fashiontune.models.cross import RERANKER_INFO, TokenError, _check_tokens
-
     try:
         _check_tokens(towers)
     except TokenError as e:
