@@ -133,7 +133,7 @@ def test_a_mismatched_reranker_or_an_index_without_tokens_is_refused_at_start_up
     from fashiontune.config import ConfigError
     from fashiontune.errors import UserError
 
-    _, export, _, index, plain = setup
+    shards, export, _, index, plain = setup
     other = reranker_export(tmp_path / "other", seed=2)  # same architecture, other weights
     with pytest.raises(UserError, match=r"are not the towers that built index .*index\.json.*other weights.*Fix: "
                                         r".*index build --model"):
@@ -152,6 +152,8 @@ def test_a_mismatched_reranker_or_an_index_without_tokens_is_refused_at_start_up
     assert not marker.exists()
     with pytest.raises(ConfigError, match="rerank.k=0 is invalid"):
         app(index, f"rerank.model={export}", "rerank.k=0")
+    with pytest.raises(UserError, match=r"tokens=true: the re-ranker needs an open_clip ViT image tower"):
+        build_index(shards, tmp_path / "rn", "model.name=ft-tiny-rn", "model.pretrained=''", "tokens=true")
     assert main(["serve", str(index), "--port", "9", f"rerank.model={other}"]) == 2  # an override after the options
     err = capsys.readouterr().err
     assert "reranker.json" in err and "index.json" in err and "tokens=true" in err
