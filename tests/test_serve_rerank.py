@@ -126,6 +126,15 @@ def test_batched_reranked_search_equals_one_query_at_a_time(setup):
         assert [h.pos for h in got] == [h.pos for h in one], t
         assert [h.score for h in got] == pytest.approx([h.score for h in one], abs=1e-5)
         assert len(got) == k
+    calls = []
+    cat.reranker.pairs_per_batch = 4096
+    hook = cat.reranker.cross.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        assert [[h.pos for h in r] for r in cat._search_texts(list(zip(texts, ks)))] == \
+            [[h.pos for h in r] for r in batched]
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # the whole batch's (query, candidate) pairs in one cross-encoder pass
 
 
 def test_a_mismatched_reranker_or_an_index_without_tokens_is_refused_at_start_up(setup, tmp_path, capsys):
