@@ -71,6 +71,20 @@ def embed_bank(loaded, shards, start: int, end: int, batch_size: int, device, pr
     return TokenBank(parts["keys"], parts["group_ids"], parts["captions"], *tensors)
 
 
+@torch.no_grad()
+def text_bank(loaded, texts: Sequence[str], device, precision: str = "fp32") -> TokenBank:
+    """Free-text queries (serve's text search) as a TokenBank without images: embed_bank's text pass (same
+    tokenizer, text_tokens, autocast) on raw strings. Its pooled `text` is the query's dual-encoder embedding."""
+    from fashiontune.eval.embed import for_inference
+
+    clip = for_inference(loaded.model, device)
+    with Precision(precision).autocast(device):
+        txt, ttok, pad = text_tokens(clip, loaded.tokenizer(list(texts)).to(device))
+    n, d = len(texts), txt.shape[1]
+    return TokenBank([""] * n, [""] * n, list(texts), torch.zeros(0, d), txt.float().cpu(),
+                     torch.zeros(0, 0, 0).half(), ttok.half().cpu(), pad.cpu())
+
+
 def all_gather_bank(local: TokenBank, counts: Sequence[int]) -> TokenBank:
     """Every rank's part, concatenated in rank order, on EVERY rank (`counts`: items per rank, known to all)."""
     import torch.distributed as dist
@@ -111,13 +125,15 @@ def pair_scores(cross: CrossEncoder, bank_q: TokenBank, q: Tensor, bank_c: Token
 
 
 def rerank_topk(cross: CrossEncoder, bank: TokenBank, topk: Tensor, k: int, t2i: bool,
-                pairs_per_batch: int = 4096) -> Tensor:
+                pairs_per_batch: int = 4096, queries: TokenBank | None = None) -> Tensor:
     """Q x K' top-K lists with their first min(k, K') columns re-ordered by cross-encoder score (ties keep the
-    dual-encoder order); columns after k are untouched. Queries and candidates are items of `bank`."""
+    dual-encoder order); columns after k are untouched. Candidates are items of `bank`; query i is row i of
+    `queries` (serve's text queries, text_bank), else item i of `bank` (the eval job)."""
     k = min(k, topk.shape[1])
     head = topk[:, :k]
     q = torch.arange(topk.shape[0]).repeat_interleave(k)
-    s = pair_scores(cross, bank, q, bank, head.reshape(-1), t2i, pairs_per_batch).view(-1, k)
+    s = pair_scores(cross, bank if queries is None else queries, q, bank, head.reshape(-1), t2i,
+                    pairs_per_batch).view(-1, k)
     order = torch.sort(s, dim=1, descending=True, stable=True).indices
     return torch.cat([head.gather(1, order), topk[:, k:]], dim=1)
 

@@ -7,6 +7,7 @@
     <out>/index.json        written last (marks a complete index): counts, kind, recall@10 of an approximate
                             index against the exact one, the label fields, the shard directory
     <out>/results.json      the model's eval results, when `results` is given
+    <out>/tokens/image.npy  with tokens=true: the items' image patch tokens (N x P x W, fp16) for serve's re-ranker
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def build_index(cfg: IndexConfig) -> dict:
     t_embed = time.perf_counter() - t0
     info = write_index(out, cfg, corpus, image_locations(shards, shards_dir, corpus.keys), fields)
     info.update(embeddings_cached=cached, world_size=state.num_processes)
+    if cfg.tokens:
+        info["tokens"] = write_tokens(out, cfg, shards, corpus.keys)
     if cfg.results:
         shutil.copyfile(cfg.results, out / "results.json")
         info["results"] = "results.json"
@@ -81,6 +84,31 @@ def write_index(out: Path, cfg: IndexConfig, corpus: E.Corpus, locations: list[d
 
     faiss.write_index(index, str(out / "faiss.index"))
     return info
+
+
+def write_tokens(out: Path, cfg: IndexConfig, shards: list, keys: list[str]) -> dict:
+    """tokens/image.npy: the items' image patch tokens (fp16, item order) from the index's own towers, through
+    the eval job's token bank (eval/rerank.embed_bank, one pass on this process); returns index.json's "tokens"."""
+    import torch
+
+    from fashiontune.data.samples import ShardDataError
+    from fashiontune.eval.model import load_eval_model
+    from fashiontune.eval.rerank import embed_bank
+    from fashiontune.models.cross import TokenError
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)  # random-init models: the weights of the embedding pass
+    loaded, _ = load_eval_model(cfg.model)
+    try:
+        bank = embed_bank(loaded, shards, 0, len(keys), cfg.data.batch_size, device,
+                          cfg.precision.resolve(device.type).value)
+    except TokenError as e:
+        raise UserError(f"{cfg.out}: tokens=true: {e} Or build the index without tokens=true.") from e
+    if bank.keys != keys:
+        raise ShardDataError(f"{cfg.data.shards}: the token pass read the split in another order; rebuild the shards")
+    (out / "tokens").mkdir(exist_ok=True)
+    np.save(out / "tokens" / "image.npy", bank.image_tok.numpy())
+    return {"image": "tokens/image.npy", "shape": list(bank.image_tok.shape), "dtype": "float16"}
 
 
 def _write_items(out: Path, corpus: E.Corpus, locations: list[dict]) -> None:

@@ -3,7 +3,8 @@
 
 Runs as one process or under `accelerate launch` / SLURM (`fashiontune submit index`), every rank embedding
 its part as the eval job does. key=value overrides reach IndexConfig (index/config.py), e.g.
-model.name=ft-tiny-vit for a random-init model, approx.ef_search=64, data.batch_size=64.
+model.name=ft-tiny-vit for a random-init model, approx.ef_search=64, data.batch_size=64; tokens=true also stores
+the items' image patch tokens for `fashiontune serve INDEX rerank.model=EXPORT` (a re-ranked text search).
 """
 
 from __future__ import annotations

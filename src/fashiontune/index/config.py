@@ -33,6 +33,9 @@ class IndexConfig:
     kind: str = "flat"  # flat = exact faiss IndexFlatIP; hnsw / ivf = approximate
     approx: ApproxConfig = field(default_factory=ApproxConfig)
     results: str = ""  # the model's eval results.json, copied in (per-class metrics in the app)
+    # also store the items' image patch tokens (fp16, tokens/image.npy) of the model's own towers: what
+    # `fashiontune serve INDEX rerank.model=EXPORT` re-ranks with (a ViT CLIP model; N x P x W x 2 bytes)
+    tokens: bool = False
     model: EvalModelConfig = field(default_factory=EvalModelConfig)
     data: EvalDataConfig = field(default_factory=lambda: EvalDataConfig(shards=""))
     # zero-shot label prompts (the eval job's category.templates): classify uploads without heads

@@ -1,6 +1,7 @@
 """The FastAPI app: JSON API (routes scripts may rely on) + the page + thumbnails.
 
-    GET  /api/search?q=TEXT&k=N[&model=S]       text -> images of index S (0 = the first served index)
+    GET  /api/search?q=TEXT&k=N[&model=S]       text -> images of index S (0 = the first served index);
+                                                 "reranked": {"model", "k"} when a re-ranker ordered the top k
     POST /api/search/image  (multipart file)     image -> images
     GET  /api/similar/{item_id}?k=N              the item's nearest items (itself left out)
     POST /api/classify  (multipart file, threshold)  per field: probabilities from heads and zero-shot prompts
@@ -55,7 +56,7 @@ def create_app(catalogues: Sequence[Catalogue], limits: UploadLimits = UploadLim
                      k: int = Query(20, ge=1, le=MAX_K), model: int = 0) -> dict:
         cat = pick(model)
         try:  # async: the request waits on the text-search batcher's threads, not on a threadpool thread
-            return results(cat, await cat.search_text_async(q, k))
+            return {**results(cat, await cat.search_text_async(q, k)), "reranked": cat.rerank_info()}
         except UserError as e:
             raise HTTPException(400, str(e)) from e
 

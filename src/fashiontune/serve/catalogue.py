@@ -50,6 +50,7 @@ class Catalogue:
         self.name = self.dir.name
         self._index = None
         self._model = None  # (LoadedModel, heads or None), built on first query
+        self.reranker = None  # serve/rerank.Reranker: text search re-ordered by a cross-encoder (attach_reranker)
         self._lock = threading.Lock()  # the model is loaded once; forwards run concurrently (inference only)
         self._text_batcher = Batcher(self._search_texts, max_batch=TEXT_BATCH, workers=BATCH_WORKERS,
                                      name=f"text-search-{slot}")
@@ -92,7 +93,21 @@ class Catalogue:
         return await self._text_batcher.submit_async((text, k))
 
     def _search_texts(self, batch: Sequence[tuple[str, int]]) -> list[list[Hit]]:
-        return self.search_many(self.text_queries([t for t, _ in batch]), [k for _, k in batch])
+        texts, ks = [t for t, _ in batch], [k for _, k in batch]
+        if self.reranker is not None:
+            return self.reranker.search_texts(self, texts, ks)
+        return self.search_many(self.text_queries(texts), ks)
+
+    def attach_reranker(self, cfg) -> None:
+        """Re-rank text search with the cross-encoder of `cfg.model` (a ServeRerankConfig), checked against this
+        index at once (serve/rerank.py)."""
+        from fashiontune.serve.rerank import Reranker
+
+        self.reranker = Reranker(self, cfg)
+
+    def rerank_info(self) -> dict | None:
+        """The API's `reranked` field of a text search: {"model", "k"}, or None (the dual encoder's order)."""
+        return None if self.reranker is None else self.reranker.describe(len(self))
 
     def text_query(self, text: str) -> np.ndarray:
         return self.text_queries([text])
@@ -154,7 +169,7 @@ class Catalogue:
         """GET /api/models: what is served, and the per-class metrics of the model's eval results."""
         keep = ("items", "dim", "kind", "approx", "recall@10", "split", "has_text", "model", "fields")
         return {"slot": self.slot, "name": self.name, **{k: self.info.get(k) for k in keep},
-                "metrics": _per_class(self.results)}
+                "rerank": self.rerank_info(), "metrics": _per_class(self.results)}
 
     # ------------------------------------------------------------------ model
     def model(self):
