@@ -130,7 +130,7 @@ def _sd(x: list[float]) -> float:
     return statistics.stdev(x) if len(x) > 1 else 0.0
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--dual-steps", type=int, default=300)
@@ -146,7 +146,11 @@ def main() -> None:
     ap.add_argument("--dual-captions", choices=["bow", "ordered"], default="bow")
     ap.add_argument("--only", choices=["twins", "control"], default=None)
     ap.add_argument("--json", default="")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
     rows = []
     corpora = [t for t in (True, False) if a.only is None or a.only == ("twins" if t else "control")]
     for seed in range(a.seeds):  # seed-major: an interrupted run still has both corpora

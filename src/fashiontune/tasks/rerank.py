@@ -10,8 +10,8 @@ once, at the first epoch start, and cached for the run (eval/rerank.py's TokenBa
   caption over all train images. Relevant items (same group_id or same non-empty caption) are dropped from a
   caption's list: what is left are its hard negatives. Mining is a pure function of the split, the towers,
   mine_k and the seed: two processes mine exactly the negatives one process does (tests/test_rerank.py).
-- each epoch takes `negatives` of them per caption: always its `hardest` top-ranked ones (with twin captions,
-  the twin: the pair only binding separates), the rest drawn at random (a generator seeded by loop seed and
+- each epoch takes `negatives` of them per caption: always its `hardest` top-ranked ones (for a dual encoder
+  that cannot bind, often the caption's colour-swapped twin), the rest drawn at random (a generator seeded by loop seed and
   epoch: the same on every rank and after a resume); a caption with fewer hard negatives than that is topped
   up with random non-relevant items.
 - a training batch only supplies item keys: caption i is scored against [its own image, its negatives] from
