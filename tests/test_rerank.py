@@ -184,3 +184,22 @@ def test_rerank_trains_resumes_exports_and_evaluates(tmp_path):
     # training's validation (of the exported best step) is the same computation as the eval job's t2i block
     assert res["best"]["value"] == pytest.approx(saved["rerank"]["t2i"]["after"]["R@1"], abs=1e-6)
 
+
+# -- learning: the re-ranker binds colours to garments where a bag-of-words dual encoder cannot ------------
+@pytest.mark.slow
+def test_reranker_learns_to_bind_colours_the_dual_encoder_cannot(tmp_path):
+    """bench/rerank.py's product path on one twin corpus (every "a red T-shirt and blue pants" has its colour-swapped
+    twin): the dual encoder (trained on the captions' words in random order, so it cannot bind) vs its top-10
+    re-ranked by the cross-encoder trained on its frozen towers (6 colours, 500 re-ranker steps)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_rerank", ROOT / "bench" / "rerank.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parser().parse_args(["--colours", "6", "--views", "4", "--dual-steps", "300", "--dual-captions", "bow",
+                                      "--rerank-steps", "500", "--negatives", "3", "--hardest", "1", "--k", "10",
+                                      "--width", "64", "--layers", "1", "--lr", "1e-3"])
+    r = bench.one(tmp_path, seed=0, twins=True, a=args)  # ~700 train / ~300 val items
+    assert r["hit10_after"] == r["hit10_before"]  # only the order within the top-10 moved
+    # measured with these settings (one loaded core): Hit@1 +0.284 (seed 0), +0.128, +0.154 (seeds 1, 2)
+    assert r["after"] >= r["before"] + 0.08, r
