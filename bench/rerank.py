@@ -11,8 +11,8 @@ The control corpus keeps ONE ordering of each pair (no twins): there the re-rank
 The dual encoder is trained on the same images with each caption's words in a random order (--dual-captions
 bow, the default): a bag-of-words dual encoder, as web-trained CLIP effectively is, which cannot bind. A tiny
 dual encoder trained from scratch on the ordered captions DOES bind here (it ranks the right image above its
-twin's for 98-100% of captions, measured on this corpus): the twins are then no harder than any other pair
-and a re-ranker has nothing to add; --dual-captions ordered runs that case.
+twin's for 97-100% of captions, measured on this corpus): the twins are then no harder than any other pair
+and a re-ranker has no binding to fix; --dual-captions ordered runs that case.
 
 Per seed and corpus, everything goes through the product's own path:
   shards (shards.build) -> dual encoder: contrastive fine-tuning of the random-init tiny ViT CLIP
@@ -22,7 +22,7 @@ Printed: text->image Hit@1 (results.json R@1) over the whole val split before / 
 difference, its mean and std, and the cost per query. Timings are taken on a shared, loaded machine.
 
     python bench/rerank.py [--seeds 3] [--dual-steps 300] [--rerank-steps 1000] [--k 10] [--views 4]
-                           [--negatives 3] [--hardest 1] [--width 64] [--layers 1] [--colours 9]
+                           [--negatives 3] [--width 64] [--layers 1] [--colours 9]
                            [--dual-captions bow|ordered] [--only twins|control] [--json out]
 """
 
@@ -113,8 +113,8 @@ def one(root: Path, seed: int, twins: bool, a) -> dict:
     dual = train(bow if a.dual_captions == "bow" else shards, root / "runs", "dual", seed, a.dual_steps)
     rr = train(shards, root / "runs", "rerank", seed, a.rerank_steps, "task.name=rerank",
                f"model.pretrained={dual / 'open_clip_pytorch_model.bin'}", f"task.rerank.mine_k={a.k}",
-               f"task.rerank.negatives={a.negatives}", f"task.rerank.hardest={a.hardest}",
-               f"task.rerank.width={a.width}", f"task.rerank.layers={a.layers}", f"optim.lr={a.lr}",
+               f"task.rerank.negatives={a.negatives}", f"task.rerank.width={a.width}", f"task.rerank.layers={a.layers}",
+               f"optim.lr={a.lr}",
                "schedule.warmup_steps=20")
     res = run_eval(load_config(EvalConfig, ROOT / "configs/eval/tiny.yaml", [
         f"data.shards={shards}", "data.split=val", f"out_dir={root / 'eval'}", f"model.checkpoint={dual}",
@@ -137,7 +137,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rerank-steps", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--negatives", type=int, default=3)
-    ap.add_argument("--hardest", type=int, default=1)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--k", type=int, default=10)

@@ -109,7 +109,6 @@ def _eval(*overrides):
     ("task.prompts.template_set=imagenet", "task.prompts.template_set"),
     ("task.prompts.templates=[a photo]", "task.prompts.templates[0]"),
     ("task.freeze.mode=sometimes", "task.freeze.mode"),
-    ("task.rerank.hardest=9", "task.rerank.hardest"),
     ("checkpoint.best_metric=acuracy", "checkpoint.best_metric"),
 ])
 def test_train_config_out_of_range_names_key(override, key):

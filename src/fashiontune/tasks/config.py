@@ -120,7 +120,6 @@ class RerankConfig:
     heads: int = 4
     dropout: float = 0.0
     negatives: int = 7  # hard negatives per caption, drawn each epoch from its dual-encoder top mine_k
-    hardest: int = 1  # of those, always the top-ranked this many non-relevant items (the rest drawn at random)
     mine_k: int = 50  # depth of the dual encoder's exact top-K over the whole train split
     mine_batch_size: int = 0  # items per embedding batch when mining; 0 = data.batch_size
 
@@ -170,8 +169,6 @@ class TaskConfig:
                 f"set a width divisible by task.rerank.heads={r.heads}")
         require(r.layers >= 1, source, "task.rerank.layers", r.layers, "set an integer >= 1")
         require(r.negatives >= 1, source, "task.rerank.negatives", r.negatives, "set an integer >= 1")
-        require(0 <= r.hardest <= r.negatives, source, "task.rerank.hardest", r.hardest,
-                f"set an integer in [0, task.rerank.negatives={r.negatives}]")
         require(r.mine_k >= r.negatives, source, "task.rerank.mine_k", r.mine_k,
                 f"set an integer >= task.rerank.negatives={r.negatives}")
         require(r.mine_batch_size >= 0, source, "task.rerank.mine_batch_size", r.mine_batch_size,

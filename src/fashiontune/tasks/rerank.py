@@ -10,10 +10,9 @@ once, at the first epoch start, and cached for the run (eval/rerank.py's TokenBa
   caption over all train images. Relevant items (same group_id or same non-empty caption) are dropped from a
   caption's list: what is left are its hard negatives. Mining is a pure function of the split, the towers,
   mine_k and the seed: two processes mine exactly the negatives one process does (tests/test_rerank.py).
-- each epoch takes `negatives` of them per caption: always its `hardest` top-ranked ones (for a dual encoder
-  that cannot bind, often the caption's colour-swapped twin), the rest drawn at random (a generator seeded by loop seed and
-  epoch: the same on every rank and after a resume); a caption with fewer hard negatives than that is topped
-  up with random non-relevant items.
+- each epoch draws `negatives` of them per caption (a generator seeded by loop seed and epoch: the same on
+  every rank and after a resume); a caption with fewer hard negatives than that is topped up with random
+  non-relevant items.
 - a training batch only supplies item keys: caption i is scored against [its own image, its negatives] from
   the cached tokens and the loss is the cross-entropy of the positive (listwise). Batches come from the
   trainer's loader, so the loop's features (DDP, accumulation, checkpoints, resume, bf16 autocast) apply.
@@ -53,14 +52,13 @@ def mine_negatives(bank, mine_k: int) -> list[list[int]]:
     return [[int(j) for j, r in zip(row, rr) if not r][:mine_k] for row, rr in zip(top.tolist(), rel.tolist())]
 
 
-def draw_negatives(hard: Sequence[Sequence[int]], bank, n: int, seed: int, hardest: int = 0) -> Tensor:
-    """N x n negatives: each caption's first `hardest` hard negatives plus a seeded random draw of the rest,
-    topped up with random non-relevant items when it has fewer."""
+def draw_negatives(hard: Sequence[Sequence[int]], bank, n: int, seed: int) -> Tensor:
+    """N x n negatives: a seeded random `n` of each caption's hard negatives, topped up with random
+    non-relevant items when it has fewer."""
     gen = torch.Generator().manual_seed(seed)
     out = torch.empty(len(hard), n, dtype=torch.long)
     for i, h in enumerate(hard):
-        top, rest = list(h[:hardest]), h[hardest:]
-        pick = top + [rest[j] for j in torch.randperm(len(rest), generator=gen)[: n - len(top)].tolist()]
+        pick = [h[j] for j in torch.randperm(len(h), generator=gen)[:n].tolist()]
         while len(pick) < n:
             j = int(torch.randint(len(bank), (1,), generator=gen))
             if bank.group_ids[j] != bank.group_ids[i] and (not bank.captions[i] or bank.captions[j] != bank.captions[i]):
@@ -127,8 +125,7 @@ class RerankTask(Task):
         self.epoch = epoch
         if self.data is not None:
             self.mine()
-            r = self.cfg.rerank
-            self.negs = draw_negatives(self.hard, self.bank, r.negatives, self.seed * 100003 + epoch, r.hardest)
+            self.negs = draw_negatives(self.hard, self.bank, self.cfg.rerank.negatives, self.seed * 100003 + epoch)
 
     def begin_step(self, model: nn.Module, micro_batches: Sequence[dict]) -> None:
         self._k = len(micro_batches)
