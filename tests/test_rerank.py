@@ -199,5 +199,5 @@ def test_reranker_learns_to_bind_colours_the_dual_encoder_cannot(tmp_path):
                                       "--width", "64", "--layers", "1", "--lr", "1e-3"])
     r = bench.one(tmp_path, seed=0, twins=True, a=args)  # ~700 train / ~300 val items
     assert r["hit10_after"] == r["hit10_before"]  # only the order within the top-10 moved
-    # measured with these settings (one loaded core): Hit@1 +0.284 (seed 0), +0.128, +0.154 (seeds 1, 2)
-    assert r["after"] >= r["before"] + 0.08, r
+    # measured with these settings (one loaded core): Hit@1 +0.216 (seed 0), +0.090, +0.180 (seeds 1, 2)
+    assert r["after"] >= r["before"] + 0.05, r
