@@ -2,9 +2,12 @@
 
 - an untrained re-ranker reproduces the dual encoder's order (its learned part starts at zero);
 - re-ranking only permutes each query's top-k: the candidate set, and everything below k, stay as they were;
-- hard-negative mining in 2 gloo processes gives exactly the negatives of one process;
+- hard-negative mining in 2 gloo processes gives exactly the negatives of one process; the negatives of
+  an epoch are hard (from the caption's top-K), seeded and never relevant;
 - task.name=rerank runs through the shared trainer (stop + resume), exports beside the towers, and
-  `fashiontune eval rerank.model=EXPORT` writes before/after for both directions.
+  `fashiontune eval rerank.model=EXPORT` writes before/after for both directions;
+- learning: on the colour-swapped twin corpus the re-ranker beats a bag-of-words dual encoder's Hit@1 by a
+  stated margin (bench/rerank.py's product path, one seed; slow).
 
 Cost on 2 busy cores: ~10 s for the fast ones, ~15 s distributed, ~60 s for the end-to-end run (slow).
 """
@@ -75,6 +78,18 @@ def test_reranking_changes_the_order_never_the_candidate_set():
     bad = before.clone()
     bad[:, 1] = bad[:, 0]
     assert not same_candidates(before, bad, 8)
+
+
+def test_negatives_are_hard_seeded_and_never_relevant():
+    from fashiontune.tasks.rerank import draw_negatives, mine_negatives
+
+    bank = random_bank(40, seed=3, groups=20)
+    hard = mine_negatives(bank, 8)
+    negs = draw_negatives(hard, bank, 4, seed=5)
+    assert torch.equal(negs, draw_negatives(hard, bank, 4, seed=5))  # seeded: the same on every rank
+    assert not torch.equal(negs, draw_negatives(hard, bank, 4, seed=6))
+    for i, row in enumerate(negs.tolist()):
+        assert len(set(row)) == 4 and all(j in hard[i] and bank.group_ids[j] != bank.group_ids[i] for j in row)
 
 
 def test_reranker_export_round_trip(tmp_path):
@@ -166,3 +181,23 @@ def test_rerank_trains_resumes_exports_and_evaluates(tmp_path):
     assert any("keep their dual-encoder rank" in n for n in saved["notes"])
     # training's validation (of the exported best step) is the same computation as the eval job's t2i block
     assert res["best"]["value"] == pytest.approx(saved["rerank"]["t2i"]["after"]["R@1"], abs=1e-6)
+
+
+# -- learning: the re-ranker binds colours to garments where a bag-of-words dual encoder cannot ------------
+@pytest.mark.slow
+def test_reranker_learns_to_bind_colours_the_dual_encoder_cannot(tmp_path):
+    """bench/rerank.py's product path on one twin corpus (every "a red T-shirt and blue pants" has its colour-swapped
+    twin): the dual encoder (trained on the captions' words in random order, so it cannot bind) vs its top-10
+    re-ranked by the cross-encoder trained on its frozen towers (6 colours, 500 re-ranker steps)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_rerank", ROOT / "bench" / "rerank.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parser().parse_args(["--colours", "6", "--views", "4", "--dual-steps", "300", "--dual-captions", "bow",
+                                      "--rerank-steps", "500", "--negatives", "3", "--k", "10",
+                                      "--width", "64", "--layers", "1", "--lr", "1e-3"])
+    r = bench.one(tmp_path, seed=0, twins=True, a=args)  # ~700 train / ~300 val items
+    assert r["hit10_after"] == r["hit10_before"]  # only the order within the top-10 moved
+    # measured with these settings (one loaded core): Hit@1 +0.216 (seed 0), +0.090, +0.180 (seeds 1, 2)
+    assert r["after"] >= r["before"] + 0.05, r
