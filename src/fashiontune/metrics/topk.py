@@ -326,7 +326,8 @@ def _map_chunks(fn: Callable, ranges: list[tuple[int, int]], parallel: bool) -> 
     """fn(start, end) for every query chunk, in order. In parallel: one chunk per torch thread at once, each
     chunk on one thread, because the screen's passes after its GEMM (group maxima, selection, rescoring) run
     on one thread each: chunks side by side keep every core busy where one chunk at a time would leave all but
-    one idle for half the time. Memory: one chunk's working set per thread."""
+    one idle for about a third of the time (the GEMM's share is two thirds). Memory: one chunk's working set per
+    thread."""
     threads = torch.get_num_threads()
     if not parallel or threads < 2 or len(ranges) < 2:
         return [fn(*r) for r in ranges]
