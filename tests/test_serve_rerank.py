@@ -112,12 +112,12 @@ def test_untrained_reranker_serves_the_dual_encoders_order(setup):
 
 
 def test_batched_reranked_search_equals_one_query_at_a_time(setup):
+    from fashiontune.eval.config import RerankEvalConfig
     from fashiontune.serve.catalogue import Catalogue
-    from fashiontune.serve.config import ServeRerankConfig
 
     _, export, _, index, _ = setup
     cat = Catalogue(index)
-    cat.attach_reranker(ServeRerankConfig(model=str(export), k=K, pairs_per_batch=5))  # odd pair batches
+    cat.attach_reranker(RerankEvalConfig(model=str(export), k=K, pairs_per_batch=5))  # odd pair batches
     texts = ["red", "a blue shirt", "green", "red dress", "a photo", "striped top"]
     ks = [1, 3, 13, 2, K, 9]
     batched = cat._search_texts(list(zip(texts, ks)))

@@ -90,6 +90,11 @@ class RerankEvalConfig:
     k: int = 50  # re-order each query's exact top-k (items below keep their dual-encoder rank)
     pairs_per_batch: int = 2048  # (query, candidate) pairs per cross-encoder forward
 
+    def validate(self, source: str) -> None:  # the eval job's and serve's rerank.* keys
+        require(self.k >= 1, source, "rerank.k", self.k, "set an integer >= 1, e.g. 50")
+        require(self.pairs_per_batch >= 1, source, "rerank.pairs_per_batch", self.pairs_per_batch,
+                "set an integer >= 1")
+
 
 @dataclass
 class EvalConfig:
@@ -139,9 +144,7 @@ class EvalConfig:
                 cl.max_confusion_classes, "set an integer >= 0")
         require(self.plots.grid_queries >= 0, source, "plots.grid_queries", self.plots.grid_queries,
                 "set an integer >= 0 (0 = no grid)")
-        require(self.rerank.k >= 1, source, "rerank.k", self.rerank.k, "set an integer >= 1, e.g. 50")
-        require(self.rerank.pairs_per_batch >= 1, source, "rerank.pairs_per_batch", self.rerank.pairs_per_batch,
-                "set an integer >= 1")
+        self.rerank.validate(source)
         require(not self.rerank.model or r.enabled, source, "rerank.model", self.rerank.model,
                 "re-ranking re-orders the retrieval top-K: keep retrieval.enabled=true")
         require(self.plots.grid_k >= 1, source, "plots.grid_k", self.plots.grid_k, "set an integer >= 1")

@@ -99,7 +99,7 @@ class Catalogue:
         return self.search_many(self.text_queries(texts), ks)
 
     def attach_reranker(self, cfg) -> None:
-        """Re-rank text search with the cross-encoder of `cfg.model` (a ServeRerankConfig), checked against this
+        """Re-rank text search with the cross-encoder of `cfg.model` (a RerankEvalConfig), checked against this
         index at once (serve/rerank.py)."""
         from fashiontune.serve.rerank import Reranker
 

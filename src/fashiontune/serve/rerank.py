@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fashiontune.errors import UserError
+from fashiontune.eval.config import RerankEvalConfig
 from fashiontune.models.cross import (
     RERANKER_INFO,
     RERANKER_WEIGHTS,
@@ -29,11 +30,10 @@ from fashiontune.models.cross import (
     _check_tokens,
     load_reranker,
 )
-from fashiontune.serve.config import ServeRerankConfig
 
 
 class Reranker:
-    def __init__(self, cat, cfg: ServeRerankConfig):
+    def __init__(self, cat, cfg: RerankEvalConfig):
         from fashiontune.eval.config import EvalModelConfig
         from fashiontune.eval.model import load_eval_model
 
@@ -49,9 +49,10 @@ class Reranker:
             raise UserError(f"rerank.model={export}: {Path(export) / RERANKER_INFO} / {RERANKER_WEIGHTS} do not load "
                             f"as a weights-only re-ranker ({type(e).__name__}: {first}); nothing in them was run. "
                             "Export the task.name=rerank run again.") from e
-        self.loaded, _ = load_eval_model(EvalModelConfig(checkpoint=export))  # the re-ranker's own towers
+        towers, _ = load_eval_model(EvalModelConfig(checkpoint=export))  # the re-ranker's own towers
         self.export, self.k, self.pairs_per_batch = export, cfg.k, cfg.pairs_per_batch
-        _check_towers(cat, self.loaded.model, self.cross, export, self.meta.get("model"))
+        _check_towers(cat, towers.model, self.cross, export, self.meta.get("model"))
+        self.loaded = cat.model()[0]  # equal to them, weight for weight (checked): one copy of the towers serves
         self.bank = _catalogue_bank(cat, self.cross, export)
 
     def describe(self, n_items: int) -> dict:
