@@ -26,6 +26,7 @@ test: setup
 	-bash slurm/dev-cluster/start.sh --nodes 3
 	-$(MAKE) --no-print-directory fmnist
 	-test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get install -y -q chromium; }
+	@df -h "$${TMPDIR:-/tmp}" | tail -1 | awk '{print "free disk for the tests: " $$4 " (peak use ~3 GB)"}'
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

@@ -10,6 +10,7 @@ for the ViTs, in the test's tmp dir)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def test_every_shipped_config_is_listed():
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """The random-init weights file of an architecture, saved once: open_clip's state dict (as
-    open_clip_pytorch_model.bin), or timm's (as pytorch_model.bin)."""
+    open_clip_pytorch_model.bin), or timm's (as pytorch_model.bin). Removed after the module: ~1.2 GB."""
     root, made = tmp_path_factory.mktemp("weights"), {}
 
     def get(model) -> str:
@@ -72,7 +73,8 @@ def weights(tmp_path_factory):
             torch.save(net.state_dict(), made[key])
         return str(made[key])
 
-    return get
+    yield get
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
