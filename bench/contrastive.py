@@ -12,8 +12,9 @@ reference: the same corpus with K=1 (a product's views in different batches; CLI
 Each objective trains the same initial tiny ViT CLIP (ft-tiny-vit, 32 px, random init) for the same steps
 and batches; then every view of the held-out products is embedded and scored over the full corpus with the
 training eval's metrics (tasks/metrics.retrieval: hit rate, a hit = any view / caption of the same product):
-Hit@1 and Hit@10, both directions averaged. Printed: mean ± std over seeds per objective, and the paired
-difference to clip. Control: a corpus with one view per product (as many training images as products allow,
+Hit@1 and Hit@10, both directions averaged, and image -> image over the In-shop split (each product's
+1st, 3rd, ... view queries the other views and every other product's: i2i Hit@1 / Hit@10). Printed: mean
+± std over seeds per objective, and the paired difference to clip. Control: a corpus with one view per product (as many training images as products allow,
 448 by default; the same test products), where the objectives are the same loss and must tie.
 
     python bench/contrastive.py [--seeds 3] [--first-seed 0] [--steps 100] [--batch 32] [--views 8] [--products 96]
@@ -41,6 +42,7 @@ COLOURS = {"red": (1.5, -1, -1), "green": (-1, 1.5, -1), "blue": (-1, -1, 1.5), 
            "cyan": (-1, 1.5, 1.5), "magenta": (1.5, -1, 1.5), "white": (1.5, 1.5, 1.5), "black": (-1, -1, -1)}
 NAMES = list(COLOURS)
 PALETTE = torch.tensor([COLOURS[n] for n in NAMES], dtype=torch.float32)
+METRICS = ("Hit@1", "Hit@10", "i2i Hit@1", "i2i Hit@10")
 OBJECTIVES = {"clip": {}, "group-supcon": {"positives": "group"},
               "group-mask": {"positives": "group", "group_loss": "mask"}}
 
@@ -117,7 +119,8 @@ def train_and_eval(objective: dict, train: list[dict], test: list[dict], views_p
         opt.step()
         opt.zero_grad(set_to_none=True)
     res = task.evaluate([collate(test[i:i + 256], loaded.tokenizer) for i in range(0, len(test), 256)])
-    return {"Hit@1": res["mean_R@1"], "Hit@10": res["mean_R@10"], "same_product_rows": statistics.mean(same)}
+    return {"Hit@1": res["mean_R@1"], "Hit@10": res["mean_R@10"], "i2i Hit@1": res["i2i_R@1"],
+            "i2i Hit@10": res["i2i_R@10"], "same_product_rows": statistics.mean(same)}
 
 
 def compare(views: int, n_products: int, paraphrase: bool, views_per_batch: int, objectives: list[str],
@@ -137,9 +140,9 @@ def summary(runs: dict) -> dict:
         return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
     table = {}
     for name, rs in runs.items():
-        table[name] = {m: ms([r[m] for r in rs]) for m in ("Hit@1", "Hit@10")}
+        table[name] = {m: ms([r[m] for r in rs]) for m in METRICS}
         if name != "clip" and "clip" in runs:
-            for m in ("Hit@1", "Hit@10"):
+            for m in METRICS:
                 table[name][f"{m} - clip"] = ms([r[m] - c[m] for r, c in zip(rs, runs["clip"])])
     return table
 

@@ -23,7 +23,7 @@ import torch
 from fashiontune.config import load_config
 from fashiontune.eval import embed as E
 from fashiontune.eval.config import EvalConfig
-from fashiontune.metrics.retrieval import rank_metrics, retrieval_ranks
+from fashiontune.metrics.retrieval import rank_metrics, retrieval_ranks, same_product_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 COLORS = ["red", "blue", "green"]
@@ -113,7 +113,7 @@ def test_run_eval_writes_results_plots_and_cache(shards, tmp_path):
     res = run_eval(cfg)
     out = tmp_path / "a"
     assert res["items"] == 13 and json.loads((out / "results.json").read_text())["items"] == 13
-    assert set(res["retrieval"]) == {"t2i", "i2t"}
+    assert set(res["retrieval"]) == {"t2i", "i2t", "i2i"}  # products of 2 views: image -> image too
     assert set(res["category"]) == {"color", "tags"}
     assert set(res["classification"]) == {"color/zero_shot", "tags/zero_shot"}
     assert res["classification"]["color/zero_shot"]["items"] == 13 - 2  # items 5 and 11 lack a color
@@ -132,6 +132,9 @@ def test_run_eval_writes_results_plots_and_cache(shards, tmp_path):
                             [x["caption"] for x in items], k=50, device="cpu")
     assert res["retrieval"]["t2i"] == rank_metrics(ranks["t2i"].first_rank, (1, 5, 10, 50))
     assert np.array_equal(np.load(out / "ranks_i2t.npy"), ranks["i2t"].first_rank.numpy())
+    same = same_product_ranks(torch.from_numpy(img), [x["group"] for x in items], k=50, device="cpu")
+    assert res["retrieval"]["i2i"] == rank_metrics(same.first_rank, (1, 5, 10, 50))
+    assert res["retrieval"]["i2i"]["queries"] == 6  # p2..p7 have 2 test images (p8 one): the first queries
 
 
 def test_cached_embeddings_give_same_results_without_reembedding(shards, tmp_path, monkeypatch):
@@ -231,6 +234,7 @@ def test_exported_heads_are_scored_like_the_task_predicts(shards, tmp_path, task
     task.export(tmp_path / "export")
     res = run_eval(cfg_for(shards, tmp_path / "ev", f"model.checkpoint={tmp_path / 'export'}", "plots.grid_queries=0"))
     rep = res["classification"][f"{field}/{task_name}"]
+    assert set(res["retrieval"]) == ({"i2i"} if backbone == "timm" else {"t2i", "i2t", "i2i"})  # image-only: i2i
     vocab = manifest["labels"][field]["vocab"]
     scores, truth = [], []
     task.module.eval()

@@ -3,7 +3,7 @@
 Each case trains a tiny run on tiny synthetic shards for fewer steps than an epoch (so its one validation,
 at the last step, is also the best one and the export holds those weights), then runs the `fashiontune eval`
 command on that export and the val split, and compares every metric the two report under a shared meaning:
-classify (accuracy, top-5, macro F1), contrastive (R@1/5/10 image->text and text->image), multilabel (micro /
+classify (accuracy, top-5, macro F1), contrastive (R@1/5/10 image->text, text->image and image->image), multilabel (micro /
 macro F1 at the threshold tuned in training and exported with the head, mAP).
 
 Cost (2 busy CPU cores): shards ~2 s per corpus, each training run ~5-15 s, each eval ~3-5 s.
@@ -65,13 +65,14 @@ def test_classify_validation_equals_eval(shards, tmp_path):
 
 
 def test_contrastive_validation_equals_eval(shards, tmp_path):
-    final, ev = train_and_eval("tiny-deepfashion-contrastive.yaml", shards("kagl"), tmp_path)
-    ret = ev["retrieval"]
-    names = {f"{d}_R@{k}": f"{d}/R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    final, ev = train_and_eval("tiny-deepfashion-contrastive.yaml", shards("deepfashion-mm"), tmp_path)
+    ret = ev["retrieval"]  # several views per product: image -> image (i2i) is scored too
+    names = {f"{d}_R@{k}": f"{d}/R@{k}" for d in ("i2t", "t2i", "i2i") for k in (1, 5, 10)}
     flat = {f"{d}/{m}": v for d, ms in ret.items() for m, v in ms.items()}
     assert_equal(final, flat, names)
     assert final["count"] == ev["items"] == ret["t2i"]["queries"]
     assert 0 < final["mean_R@10"] < 1
+    assert 0 < ret["i2i"]["queries"] < ev["items"] and 0 < final["i2i_R@10"]
 
 
 def test_multilabel_validation_equals_eval(shards, tmp_path):

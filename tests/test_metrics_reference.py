@@ -17,7 +17,8 @@ from fashiontune.metrics.classification import (
     tune_threshold,
 )
 from fashiontune.eval.plots import confusion_png
-from fashiontune.metrics.retrieval import category_metrics, rank_metrics, retrieval_metrics, retrieval_ranks
+from fashiontune.metrics.retrieval import (category_metrics, rank_metrics, retrieval_metrics, retrieval_ranks,
+                                          same_product_ranks, same_product_split)
 from fashiontune.metrics.topk import chunked_rank, deterministic_topk
 
 
@@ -153,6 +154,28 @@ def test_multi_positive_relevance_group_or_identical_caption():
     hits = rel[np.arange(n)[:, None], res["t2i"].topk_indices.numpy()].cumsum(1) > 0
     for k in (1, 5, 10):
         assert rank_metrics(res["t2i"].first_rank, ks=(k,))[f"R@{k}"] == pytest.approx(hits[:, k - 1].mean())
+
+
+def test_same_product_split_alternates_each_products_images_in_corpus_order():
+    # p0: items 0, 2, 5 -> queries 0, 5, gallery 2; p1: items 1, 4 -> query 1, gallery 4; p2 (one image): gallery
+    queries, gallery = same_product_split(["p0", "p1", "p0", "p2", "p1", "p0"])
+    assert queries.tolist() == [0, 1, 5] and gallery.tolist() == [2, 3, 4]
+    assert same_product_ranks(torch.eye(3), ["a", "b", "c"]) is None  # no product with two images
+
+
+def test_same_product_ranks_match_brute_force_with_ties():
+    rng = np.random.default_rng(3)
+    n = 150
+    groups = [f"p{int(i)}" for i in rng.integers(0, 50, n)]  # 0..many views a product, scattered
+    img = exact_embeddings(n, 5, 6, dup_every=4)  # duplicate images: tied scores across products
+    queries, gallery = same_product_split(groups)
+    assert set(queries) | set(gallery) == set(range(n)) and not set(queries) & set(gallery)
+    rel = np.array([[groups[q] == groups[g] for g in gallery] for q in queries])
+    assert rel.any(1).all()  # every query has a gallery image of its product
+    res = same_product_ranks(img, groups, k=7, chunk_size=16, device="cpu")
+    scores = (img[queries] @ img[gallery].T).numpy()
+    np.testing.assert_array_equal(res.first_rank.numpy(), brute_first_rank(scores, rel))
+    np.testing.assert_array_equal(res.topk_indices.numpy(), brute_order(scores)[:, :7])
 
 
 def test_category_to_product_precision_and_mrr():

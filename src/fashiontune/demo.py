@@ -138,8 +138,9 @@ def _baseline_rows(fmt: str, trained: dict, before: dict, after: dict, manifest:
     for direction, m in (retrieval or {}).items():
         b = (before.get("retrieval") or {}).get(direction, {})
         for key in ("R@1", "R@10", "mrr"):
-            rows.append(f"| {fmt} | {direction} {key} (N={after['items']}) | {b.get(key, float('nan')):.3f} "
-                        f"(random init) | **{m[key]:.3f}** |")
+            n = m.get("queries", after["items"])  # i2i: the In-shop split's query images
+            rows.append(f"| {fmt} | {direction} {key} (N={n}) | {b.get(key, float('nan')):.3f} (random init) "
+                        f"| **{m[key]:.3f}** |")
     return rows
 
 

@@ -45,7 +45,8 @@ class RetrievalTask:
 
 @dataclass
 class RetrievalConfig:
-    enabled: bool = True  # text<->image over the split (relevant = same group_id or identical caption)
+    enabled: bool = True  # text<->image over the split (relevant = same group_id or identical caption), and
+    # image->image over its In-shop split (relevant = same group_id) where a product has 2+ images
     # cutoffs of Hit@K (results.json keys R@K, the old any-hit rate) and of BEIR Recall/P/NDCG/MAP@K (+ MRR@10)
     ks: List[int] = field(default_factory=lambda: [1, 5, 10, 50])
     tasks: List[RetrievalTask] = field(default_factory=list)  # Marqo-style tasks, see configs/eval/marqo-*.yaml

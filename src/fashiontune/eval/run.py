@@ -23,7 +23,7 @@ from fashiontune.eval.heads import head_logits, load_export_heads
 from fashiontune.eval.plots import confusion_png, topk_grid_png
 from fashiontune.eval.report import format_table
 from fashiontune.metrics.classification import multi_label_report, single_label_report, tune_threshold
-from fashiontune.metrics.retrieval import category_metrics, rank_metrics, retrieval_ranks
+from fashiontune.metrics.retrieval import category_metrics, rank_metrics, retrieval_ranks, same_product_ranks
 from fashiontune.shards.errors import ManifestError
 from fashiontune.shards.manifest import load_manifest
 
@@ -210,8 +210,8 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
     plots = out / "plots"
     notes = res.setdefault("notes", [])
     if corpus.text is None:
-        notes.append("image-only model (no text tower): no retrieval, category-to-product or zero-shot "
-                     "classification; only exported heads are scored")
+        notes.append("image-only model (no text tower): no text retrieval, category-to-product or zero-shot "
+                     "classification; only image -> image retrieval and exported heads are scored")
     if cfg.retrieval.enabled and corpus.text is not None and not any(corpus.captions):
         notes.append("every caption of the split is empty: no text->image / image->text retrieval")
     elif cfg.retrieval.enabled and corpus.text is not None:
@@ -227,6 +227,8 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
             res["rerank"] = _rerank(cfg, corpus, ranks, notes)
         if cfg.plots.grid_queries > 0:
             res["plots"].append(str(_grid(cfg, corpus, ranks["t2i"].topk_indices, plots / "topk_t2i.png")))
+    if cfg.retrieval.enabled:
+        _same_product(cfg, corpus, img, res, kw)
     if cfg.retrieval.tasks or cfg.retrieval.qrels:
         res.setdefault("ir", {}).update(_tasks(cfg, corpus, out, embed_texts, notes, kw))
     for f, spec in fields.items():
@@ -257,6 +259,18 @@ def score(cfg: EvalConfig, corpus: E.Corpus, fields: dict, out: Path, export_dir
             res["classification"][f"{f}/{meta.get('task', 'head')}"] = _classify(
                 cfg, f, y, logits, spec["vocab"], spec, plots, res, meta.get("task", "head"), threshold=thr)
     return res
+
+
+def _same_product(cfg: EvalConfig, corpus: E.Corpus, img: torch.Tensor, res: dict, kw: dict) -> None:
+    """results.json retrieval["i2i"]: image -> image over the In-shop split (metrics.retrieval), when some
+    product has two images."""
+    same = same_product_ranks(img, corpus.group_ids, k=min(len(corpus), max(cfg.retrieval.ks)), **kw)
+    if same is None:
+        return
+    res["retrieval"]["i2i"] = rank_metrics(same.first_rank, cfg.retrieval.ks)
+    res["notes"].append(f"i2i: image -> image, same product: {len(same.first_rank)} query images (each product's "
+                        f"1st, 3rd, ... image) over a gallery of the {len(corpus) - len(same.first_rank)} others "
+                        "(DeepFashion In-shop's protocol)")
 
 
 def _rerank(cfg: EvalConfig, corpus: E.Corpus, ranks: dict, notes: list) -> dict:

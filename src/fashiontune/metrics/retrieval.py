@@ -1,4 +1,4 @@
-"""Full-corpus retrieval metrics (text->image, image->text) and category-to-product precision.
+"""Full-corpus retrieval metrics (text->image, image->text, image->image) and category-to-product precision.
 
 Definitions (all over the WHOLE evaluated corpus, never per batch):
 - Corpus: N items, item i = (image_i, text_i, group_i). Candidates for a text query are all N images, for an
@@ -14,6 +14,11 @@ Definitions (all over the WHOLE evaluated corpus, never per batch):
   metrics/ir.py); MRR = mean(1 / rank_i) over the full ranking (no cutoff, unlike BEIR's MRR@10);
   mean_rank = mean(rank_i); median_rank = median(rank_i) (numpy median: the mean of the two middle ranks for
   an even count; open_clip reports floor(median(rank - 1)) + 1).
+- Image -> image, same product ("i2i", DeepFashion In-shop's protocol): each product with 2+ images splits
+  them alternately into queries and gallery (same_product_split); a query ranks the whole gallery (every
+  other product's images too, single-image products included) and a hit is a gallery image of its product.
+  The same rank, tie rule and Hit@K / MRR as above. What it shows that t2i / i2t do not: whether views of one
+  product embed together (plain CLIP loss treats them as negatives of each other when they share a batch).
 - Category-to-product (per label field, per label value v): query = embedding of a label prompt for v
   (e.g. "a photo of a dress"); candidates = images of the items that HAVE a value for that field (items with
   the field missing are unknown, not negatives); relevant = items labelled v (for multi-label fields: v in
@@ -67,15 +72,17 @@ def rank_metrics(ranks: np.ndarray | Tensor, ks: Sequence[int] = DEFAULT_KS) -> 
 
 
 class _Blocks:
-    """Items grouped by an integer code: the members of item i's code block, without an N x N anything."""
+    """Items grouped by an integer code: the members of query i's code block, without an N x N anything.
+    query_code: the queries' codes when the queries are not the items themselves (default: they are)."""
 
-    def __init__(self, code: np.ndarray):
+    def __init__(self, code: np.ndarray, query_code: np.ndarray | None = None):
         order = np.argsort(code, kind="stable")
         sorted_code = code[order]
-        first = np.searchsorted(sorted_code, code, side="left")
+        query_code = code if query_code is None else query_code
+        first = np.searchsorted(sorted_code, query_code, side="left")
         self.perm = torch.from_numpy(order)
         self.start = torch.from_numpy(first)
-        self.count = torch.from_numpy(np.searchsorted(sorted_code, code, side="right") - first)
+        self.count = torch.from_numpy(np.searchsorted(sorted_code, query_code, side="right") - first)
 
     def pairs(self, s: int, e: int) -> tuple[Tensor, Tensor]:
         cnt = self.count[s:e]
@@ -114,6 +121,40 @@ def retrieval_ranks(
         "t2i": chunked_rank(text_emb, image_emb, k, rel, **kw),
         "i2t": chunked_rank(image_emb, text_emb, k, rel, **kw),
     }
+
+
+def same_product_split(group_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Query and gallery items of image -> image same-product retrieval, as DeepFashion In-shop splits them:
+    each product (group) with 2+ images alternates them, in corpus order, between the queries (1st, 3rd, ...)
+    and the gallery (2nd, 4th, ...); a product with one image is in the gallery only (a distractor)."""
+    code = codes(group_ids)
+    order = np.argsort(code, kind="stable")
+    sizes = np.bincount(code)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    position = np.empty(len(code), dtype=np.int64)  # each item's place among its product's images
+    position[order] = np.arange(len(code)) - np.repeat(starts, sizes)
+    is_query = (position % 2 == 0) & (sizes[code] >= 2)
+    return np.flatnonzero(is_query), np.flatnonzero(~is_query)
+
+
+def same_product_ranks(image_emb: Tensor, group_ids: Sequence[str], k: int = max(DEFAULT_KS),
+                       **kw) -> RankResult | None:
+    """Image -> image ranks over same_product_split (a hit: a gallery image of the query's product); None when
+    no product has two images. Results index the queries in split order, top-k indices the gallery."""
+    if image_emb.shape[0] != len(group_ids):
+        raise ValueError(f"{image_emb.shape[0]} images, {len(group_ids)} group ids")
+    queries, gallery = same_product_split(group_ids)
+    if queries.size == 0:
+        return None
+    code = codes(group_ids)
+    blocks = _Blocks(code[gallery], query_code=code[queries])
+
+    def relevance(s: int, e: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        rows, cols = blocks.pairs(s, e)
+        return rows.to(device), cols.to(device)
+
+    return chunked_rank(image_emb[torch.from_numpy(queries)], image_emb[torch.from_numpy(gallery)],
+                        min(k, gallery.size), relevance, **kw)
 
 
 def retrieval_metrics(

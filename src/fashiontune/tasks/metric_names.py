@@ -39,7 +39,7 @@ def validation_metrics(cfg: TaskConfig, manifest: Optional[Mapping] = None) -> O
 
         return list(RERANK_METRICS)
     if name == TaskName.contrastive:
-        return sorted([f"{d}_R@{k}" for d in ("i2t", "t2i", "mean") for k in RETRIEVAL_KS] + ["loss", "count"])
+        return sorted([f"{d}_R@{k}" for d in ("i2t", "t2i", "mean", "i2i") for k in RETRIEVAL_KS] + ["loss", "count"])
     fields = _task_fields(cfg)
     if manifest is None:
         if fields is None or len(fields) != 1:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fashiontune.metrics.classification import multi_label_report, single_label_report, tune_threshold
-from fashiontune.metrics.retrieval import rank_metrics, retrieval_ranks
+from fashiontune.metrics.retrieval import rank_metrics, retrieval_ranks, same_product_ranks
 
 # the metric names each function reports (tasks/metric_names.py declares a task's names from them)
 SINGLE_LABEL = ("accuracy", "top5", "macro_f1")
@@ -45,7 +45,8 @@ def retrieval(img: torch.Tensor, txt: torch.Tensor, groups: Sequence[str] | None
               captions: Sequence[str] | None = None, ks: Sequence[int] = RETRIEVAL_KS,
               order: Sequence[int] | None = None) -> dict[str, float]:
     """Hit-rate R@K both ways over normalised embeddings (metrics.retrieval's relevance and tie rule): a hit
-    is any item of the same group or with the same non-empty caption. groups None: each item its own group;
+    is any item of the same group or with the same non-empty caption; and image -> image over the same-product
+    split ("i2i_R@K", NaN when no product has two images). groups None: each item its own group;
     captions None: no caption matches. order: each row's position in the split (the batches' "index"); when
     every row has one, rows are scored in that order, the eval job's item order, so that tied scores go to
     the same item whatever the ranks and workers that read the split."""
@@ -65,4 +66,7 @@ def retrieval(img: torch.Tensor, txt: torch.Tensor, groups: Sequence[str] | None
         out.update({f"{d}_R@{k}": m[f"R@{k}"] for k in ks})
     for k in ks:
         out[f"mean_R@{k}"] = (out[f"i2t_R@{k}"] + out[f"t2i_R@{k}"]) / 2
+    same = same_product_ranks(img, groups, k=max(ks))  # NaN where no product has two images
+    m = rank_metrics(same.first_rank if same is not None else np.zeros(0), ks)
+    out.update({f"i2i_R@{k}": m[f"R@{k}"] for k in ks})
     return out
