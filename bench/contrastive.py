@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import random
 import statistics
 
@@ -137,6 +138,9 @@ def compare(views: int, n_products: int, paraphrase: bool, views_per_batch: int,
 
 def summary(runs: dict) -> dict:
     def ms(xs):
+        xs = [x for x in xs if not math.isnan(x)]  # i2i is NaN on the one-view corpus: no product has two views
+        if not xs:
+            return {"mean": float("nan"), "std": float("nan")}
         return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
     table = {}
     for name, rs in runs.items():
@@ -147,7 +151,7 @@ def summary(runs: dict) -> dict:
     return table
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
@@ -162,7 +166,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--only", default="", help="run only the corpora whose label holds this text")
     p.add_argument("--json", default="")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = parser().parse_args()
     result = {"args": vars(a)}
     one_view_products = min(a.products * a.views, len(NAMES) ** 3 - a.test_products)  # images, up to all products left
     k, every = a.views_per_batch, list(OBJECTIVES)
