@@ -46,7 +46,8 @@ class CrossConfig:
     dropout: float = 0.0
 
 
-def _check_tokens(clip: nn.Module) -> None:
+def check_tokens(clip: nn.Module) -> None:
+    """TokenError unless `clip` exposes what the re-ranker reads: ViT patch tokens and CLIP-class text tokens."""
     visual = getattr(clip, "visual", None)
     if visual is None or not hasattr(visual, "_pool") or not hasattr(visual, "output_tokens"):
         raise TokenError(f"the re-ranker needs an open_clip ViT image tower (patch tokens); {type(visual).__name__} "
@@ -58,7 +59,7 @@ def _check_tokens(clip: nn.Module) -> None:
 
 def image_tokens(clip: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     """(B x D normalised pooled embedding, B x P x Wv patch tokens) in one pass of the image tower."""
-    _check_tokens(clip)
+    check_tokens(clip)
     visual, old = clip.visual, clip.visual.output_tokens
     visual.output_tokens = True
     try:
@@ -73,7 +74,7 @@ def text_tokens(clip: nn.Module, text: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     open_clip's CLIP.encode_text, keeping the per-token output."""
     from open_clip.transformer import text_global_pool
 
-    _check_tokens(clip)
+    check_tokens(clip)
     cast = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(text).to(cast) + clip.positional_embedding.to(cast)
     x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
@@ -118,7 +119,7 @@ def listwise_loss(scores: Tensor, positive: int = 0) -> Tensor:
 
 def build_cross(clip: nn.Module, cfg: CrossConfig) -> CrossEncoder:
     """A cross-encoder sized for this open_clip model's token widths."""
-    _check_tokens(clip)
+    check_tokens(clip)
     return CrossEncoder(clip.token_embedding.embedding_dim, clip.visual.conv1.out_channels, cfg)
 
 

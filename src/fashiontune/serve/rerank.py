@@ -27,7 +27,7 @@ from fashiontune.models.cross import (
     RERANKER_INFO,
     RERANKER_WEIGHTS,
     TokenError,
-    _check_tokens,
+    check_tokens,
     load_reranker,
 )
 
@@ -78,7 +78,7 @@ class Reranker:
 def _check_towers(cat, towers: torch.nn.Module, cross, export: str, name) -> None:
     """The re-ranker's towers must be the index's (same parameters, equal weights) and fit its cross-encoder."""
     try:
-        _check_tokens(towers)
+        check_tokens(towers)
     except TokenError as e:
         raise UserError(f"rerank.model={export}: {e}") from e
     for field, want, got in (("text_width", towers.token_embedding.embedding_dim, cross.text_width),
